@@ -1,0 +1,10 @@
+//! `ferrotune-dist`: running one training job on several processes.
+//!
+//! Reads the rank layout from the torchrun or Slurm environment, bootstraps process groups through a
+//! rendezvous store, and runs collectives on tch tensors with Gloo (CPU) or NCCL (CUDA, via cudarc).
+//! Also answers questions about the local CUDA devices.
+
+pub mod cuda;
+pub mod env;
+
+pub use env::{RankEnv, RankEnvError};
