@@ -3,6 +3,7 @@
 
 mod env_cmd;
 mod logging;
+// subcommand modules: one file per subcommand family, `mod <area>_cmd;` lines go above this comment
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,11 +27,13 @@ struct Cli {
 enum Command {
     /// Show the ferrotune, libtorch and accelerator environment.
     Env(env_cmd::EnvArgs),
+    // new subcommands go above this comment
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Env(a) => env_cmd::run(a),
+        // new match arms go above this comment
     }
 }
 
