@@ -6,5 +6,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 for dir in crates/*/; do
   pkg=$(sed -n 's/^name = "\(ferrotune-[a-z]*\)"/\1/p' "$dir/Cargo.toml" | head -1)
   echo "cargo check -p $pkg"
-  cargo check -q -p "$pkg" --all-targets
+  cargo check -q --release -p "$pkg" --all-targets
 done
