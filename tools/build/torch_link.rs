@@ -7,12 +7,19 @@
 //!    be dropped and `tch::Cuda::is_available()` would be false on a GPU machine. Force it in.
 //!
 //! The lib dir comes from the same variables torch-sys reads (set by tools/setup-torch.sh via
-//! tools/with-torch).
+//! tools/with-torch). A crate that needs more in its build script includes this file as a module
+//! (`#[path = "../../tools/build/torch_link.rs"] mod torch_link;`) and calls [`link_torch`].
 
 use std::env;
 use std::path::PathBuf;
 
+#[allow(dead_code)]
 fn main() {
+    link_torch();
+}
+
+/// Prints the cargo directives above (rpath, forced libtorch_cuda).
+pub fn link_torch() {
     for v in ["LIBTORCH", "LIBTORCH_LIB", "FERROTUNE_EXTRA_LIB"] {
         println!("cargo:rerun-if-env-changed={v}");
     }

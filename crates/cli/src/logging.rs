@@ -1,6 +1,7 @@
 //! Logging and error reporting for the binary: tracing to stderr (level from -v/-q, overridden by
 //! RUST_LOG), errors as `error: ...` with their cause chain, and panics as one line instead of a backtrace.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the tracing subscriber. Output goes to stderr so that stdout stays machine-readable.
@@ -15,6 +16,7 @@ pub fn init(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

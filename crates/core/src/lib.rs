@@ -12,6 +12,7 @@ pub mod dtype;
 pub mod fsutil;
 pub mod layout;
 pub mod testkit;
+pub mod train_config;
 
 pub use device::DeviceSpec;
 pub use dtype::DType;

@@ -6,5 +6,11 @@
 
 pub mod cuda;
 pub mod env;
+mod gloo;
+pub mod group;
+pub mod store;
+#[cfg(test)]
+mod testutil;
 
 pub use env::{RankEnv, RankEnvError};
+pub use group::{Backend, DistError, ProcessGroup, ReduceOp};

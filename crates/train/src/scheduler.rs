@@ -1,19 +1,7 @@
 //! Learning-rate schedules, with the exact formulas of transformers' `get_scheduler` (constant, linear,
 //! cosine, all with linear warmup) and llama-recipes' StepLR (`gamma` per epoch).
 
-use serde::{Deserialize, Serialize};
-
-/// `lr_scheduler_type` in the train config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SchedulerType {
-    Constant,
-    #[default]
-    Linear,
-    Cosine,
-    /// Multiply the rate by `gamma` after every epoch (llama-recipes' `StepLR(step_size=1, gamma)`).
-    Step,
-}
+pub use ferrotune_core::train_config::SchedulerType;
 
 /// A schedule resolved against the run's length.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,89 @@
+//! Forward + backward in one call, optionally with activation (gradient) checkpointing per decoder layer.
+//!
+//! tch has no checkpoint utility, so it is done by hand: the first pass runs the decoder layers under
+//! `no_grad`, keeping only each layer's input; the loss head runs with autograd on a detached copy of the last
+//! hidden state; then, from the last layer to the first, each layer is recomputed from its saved input with
+//! autograd and back-propagated with the incoming gradient (`backward` of `Σ out·g`, i.e. a vector-Jacobian
+//! product), which yields the gradient for the layer below. LoRA dropout draws the same masks in both passes
+//! (torch's generator is reseeded per layer from one draw of the step).
+
+use crate::llama::LlamaForCausalLM;
+use crate::mask::AttentionMask;
+use tch::{Device, Kind, Tensor};
+
+impl LlamaForCausalLM {
+    /// Runs the forward, `loss_fn(logits)` (a scalar) and its backward, accumulating into `.grad` of every
+    /// tensor that requires grad; returns the detached loss. With `self.gradient_checkpointing`, only layer
+    /// inputs are kept between passes.
+    pub fn forward_backward(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: &AttentionMask,
+        loss_fn: &mut dyn FnMut(&Tensor) -> Tensor,
+    ) -> Tensor {
+        if !self.gradient_checkpointing {
+            let logits = self.forward(input_ids, position_ids, mask, None);
+            let loss = loss_fn(&logits);
+            loss.backward();
+            return loss.detach();
+        }
+        let t = input_ids.size()[1];
+        let h0 = self.model.embed_tokens.forward(input_ids);
+        let (cos, sin) = self.model.rotary.cos_sin(position_ids, h0.kind());
+        let m = mask.to_sdpa(t, 0, h0.device());
+        let reseed = self.state.training();
+        let step_seed = if reseed {
+            i64::try_from(Tensor::randint(i64::MAX / 2, [1], (Kind::Int64, Device::Cpu)).get(0))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let seed_layer = |i: usize| {
+            if reseed {
+                tch::manual_seed(step_seed.wrapping_add(i as i64));
+            }
+        };
+        let mut inputs = vec![h0.detach()];
+        {
+            let _g = tch::no_grad_guard();
+            for (i, layer) in self.model.layers.iter().enumerate() {
+                seed_layer(i);
+                let next = layer.forward(&inputs[i], &cos, &sin, m.as_ref(), None);
+                inputs.push(next);
+            }
+        }
+        let last = inputs
+            .pop()
+            .expect("at least the embeddings")
+            .detach()
+            .set_requires_grad(true);
+        let logits = self.logits(&self.model.norm.forward(&last));
+        let loss = loss_fn(&logits);
+        loss.backward();
+        drop(logits);
+        let mut grad = last.grad();
+        for (i, layer) in self.model.layers.iter().enumerate().rev() {
+            let x = inputs
+                .pop()
+                .expect("one input per layer")
+                .set_requires_grad(true);
+            seed_layer(i);
+            let out = layer.forward(&x, &cos, &sin, m.as_ref(), None);
+            (out * &grad).sum(Kind::Float).backward();
+            grad = x.grad();
+        }
+        if reseed {
+            tch::manual_seed(
+                step_seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407)
+                    & i64::MAX,
+            );
+        }
+        if h0.requires_grad() {
+            (h0 * &grad).sum(Kind::Float).backward();
+        }
+        loss.detach()
+    }
+}

@@ -1,0 +1,7 @@
+//! ferrotune-model's tests against transformers / PEFT, in one binary so the oracle checkpoints
+//! (tests/oracle/model_make.py) are generated once.
+
+mod common;
+mod lora_peft;
+mod parity;
+mod training;
