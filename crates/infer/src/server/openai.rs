@@ -157,16 +157,6 @@ async fn submit(s: &AppState, req: GenRequest) -> Result<UnboundedReceiver<Event
 pub async fn chat_completions(
     State(s): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match chat_inner(s, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn chat_inner(
-    s: Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_body(body, s.cfg.max_body_bytes)?;
     let adapter = s.resolve_model(req.model.as_deref())?;
@@ -242,16 +232,6 @@ async fn chat_inner(
 /// `POST /v1/completions` (one prompt per request).
 pub async fn completions(
     State(s): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match completions_inner(s, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn completions_inner(
-    s: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_body(body, s.cfg.max_body_bytes)?;

@@ -40,16 +40,6 @@ struct StreamRequest {
 pub async fn stream(
     State(s): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match inner(s, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn inner(
-    s: Arc<AppState>,
-    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let mut req: StreamRequest = parse_body(body, s.cfg.max_body_bytes)?;
     let adapter = s.resolve_model(req.model.as_deref())?;
