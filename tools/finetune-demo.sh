@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# `just finetune`: the whole pipeline on assets the project ships (datasets/demo_*), offline, on the CPU:
-#   1. train a SentencePiece tokenizer on the demo corpus        (ferrotune train-tokenizer)
+# `just finetune`: the whole pipeline on assets the project ships (datasets/demo_*, made by
+# tools/gen-demo-datasets.py), offline, on the CPU, with ferrotune alone:
+#   1. train a BPE tokenizer on the demo corpus + instructions   (ferrotune train-tokenizer)
 #   2. pre-train a tiny Llama from scratch on that corpus        (ferrotune train configs/demo/pt.toml)
 #   3. answer the held-out prompts with the base model           (ferrotune answer)        -> "before"
 #   4. LoRA instruction tuning, eval loss before and after       (ferrotune train configs/demo/sft_lora.toml)
 #   5. answer the held-out prompts with base + adapter           (ferrotune answer)        -> "after"
-# and prints eval loss and exact-match before/after. Everything goes to target/demo/.
+#   6. the before/after table: eval loss, token accuracy, exact match per task and language
+#                                                                (ferrotune demo-report)
+# Outputs go to target/demo/{init,base,sft,*.json*} (only those are replaced: target/demo may also be a
+# CARGO_TARGET_DIR). The binary is $FERROTUNE_BIN, else ${CARGO_TARGET_DIR:-target}/release/ferrotune.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bin=${FERROTUNE_BIN:-target/release/ferrotune}
+bin=${FERROTUNE_BIN:-${CARGO_TARGET_DIR:-target}/release/ferrotune}
 work=target/demo
 threads=${FERROTUNE_DEMO_THREADS:-2}
 start=$(date +%s)
-rm -rf "$work"
+rm -rf "$work/init" "$work/base" "$work/sft" "$work"/answers_*.jsonl "$work"/*.json "$work/report.txt"
 mkdir -p "$work/init"
 
-echo "== 1/5 tokenizer: ferrotune train-tokenizer on datasets/demo_corpus.txt + the demo instructions"
-"$bin" -q train-tokenizer --input datasets/demo_corpus.txt datasets/demo_sft_en.json datasets/demo_sft_zh.json \
-  --vocab-size 1200 --out "$work/init/tokenizer.model"
+echo "== 1/6 tokenizer: ferrotune train-tokenizer (BPE) on the demo corpus, the instructions and the prompt"
+# The alpaca prompt's fixed text, once per SFT record, so that it becomes whole-word pieces (17 tokens).
+n_sft=$(grep -c '"instruction"' datasets/demo_en.json datasets/demo_zh.json | awk -F: '{s += $2} END {print s}')
+for _ in $(seq "$n_sft"); do
+  echo "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+  printf '### Instruction:\n### Response:\n'
+done > "$work/init/prompt.txt"
+"$bin" -q train-tokenizer --model-type bpe --vocab-size 1200 --out "$work/init/tokenizer.model" \
+  --input datasets/demo_corpus.txt datasets/demo_en.json datasets/demo_zh.json "$work/init/prompt.txt"
 cat > "$work/init/config.json" <<JSON
 {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 1200, "hidden_size": 192,
  "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 6, "num_key_value_heads": 6,
@@ -25,39 +35,22 @@ cat > "$work/init/config.json" <<JSON
  "eos_token_id": 2, "tie_word_embeddings": false}
 JSON
 
-echo "== 2/5 pre-training a tiny Llama (4 layers, dim 192) from scratch: configs/demo/pt.toml"
+echo "== 2/6 pre-training a tiny Llama (4 layers, dim 192) from scratch: configs/demo/pt.toml"
 "$bin" train configs/demo/pt.toml --set num_threads="$threads"
 
-echo "== 3/5 held-out prompts, base model"
+echo "== 3/6 held-out prompts (datasets/demo_eval.json), base model"
 "$bin" -q answer "$work/base" --questions datasets/demo_eval.json --template alpaca \
   --out "$work/answers_before.jsonl" --json > "$work/score_before.json"
 
-echo "== 4/5 LoRA SFT: configs/demo/sft_lora.toml"
+echo "== 4/6 LoRA SFT on datasets/demo_en.json + demo_zh.json: configs/demo/sft_lora.toml"
 "$bin" train configs/demo/sft_lora.toml --set num_threads="$threads" --json > "$work/sft_summary.json"
 
-echo "== 5/5 held-out prompts, base + LoRA adapter"
+echo "== 5/6 held-out prompts, base + LoRA adapter"
 "$bin" -q answer "$work/base" --adapter "$work/sft" --questions datasets/demo_eval.json --template alpaca \
   --out "$work/answers_after.jsonl" --json > "$work/score_after.json"
 
-python3 - "$work" "$(( $(date +%s) - start ))" <<'PY'
-import json, sys
-work, secs = sys.argv[1], sys.argv[2]
-s = json.load(open(f"{work}/sft_summary.json"))
-b = json.load(open(f"{work}/score_before.json"))
-a = json.load(open(f"{work}/score_after.json"))
-print()
-print("ferrotune demo: LoRA SFT of a from-scratch tiny Llama on the project's own EN+ZH data")
-print(f"{'':28}{'before':>10}{'after':>10}")
-print(f"{'eval loss (held-out)':28}{s['initial_eval']['loss']:>10.4f}{s['final_eval']['loss']:>10.4f}")
-print(f"{'eval token accuracy':28}{s['initial_eval']['accuracy']:>10.3f}{s['final_eval']['accuracy']:>10.3f}")
-print(f"{'exact match (all)':28}{b['exact_match']:>10.3f}{a['exact_match']:>10.3f}   ({a['total']} prompts)")
-for task in sorted(a["per_task"]):
-    print(f"{'  ' + task:28}{b['per_task'][task]:>10.3f}{a['per_task'][task]:>10.3f}")
-print()
-for line, (x, y) in enumerate(zip(open(f"{work}/answers_before.jsonl"), open(f"{work}/answers_after.jsonl"))):
-    if line >= 6:
-        break
-    x, y = json.loads(x), json.loads(y)
-    print(f"Q: {x['instruction']}\n   before: {x['answer']!r}\n   after:  {y['answer']!r}   (expected {y['expected']!r})")
-print(f"\ntotal time {secs}s; outputs in {work}/ (metrics.jsonl, *.png, checkpoints, answers_*.jsonl)")
-PY
+echo "== 6/6 report"
+"$bin" demo-report --summary "$work/sft_summary.json" --questions datasets/demo_eval.json \
+  --before "$work/answers_before.jsonl" --after "$work/answers_after.jsonl" \
+  --seconds "$(( $(date +%s) - start ))" | tee "$work/report.txt"
+echo "outputs in $work/ (init/, base/ and sft/ with metrics.jsonl and *.png, answers_*.jsonl, report.txt)"

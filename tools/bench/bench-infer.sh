@@ -33,13 +33,20 @@ for batch in 1 8; do
   # warm-up run (page cache, allocator), then the measured one
   OMP_NUM_THREADS=$threads "$bin" generate --model "$work/model" --device cpu --threads "$threads" \
     "${prompts[@]}" --max-new-tokens 8 --temperature 0 --ignore-eos --json > /dev/null
-  ft=$(OMP_NUM_THREADS=$threads "$bin" generate --model "$work/model" --device cpu --threads "$threads" \
-    "${prompts[@]}" --max-new-tokens "$new" --temperature 0 --ignore-eos --json | head -1 |
-    "$py" -c "import json,sys; r=json.load(sys.stdin); print(round($batch*r['completion_tokens']/r['batch_seconds'],1))")
+  # decode tokens/s of `ferrotune generate` (the first JSON line; the rest is read so the pipe stays open)
+  ours() {
+    OMP_NUM_THREADS=$threads "$bin" generate --model "$work/model" --device cpu --threads "$threads" \
+      "${prompts[@]}" --max-new-tokens "$new" --temperature 0 --ignore-eos --json |
+      "$py" -c "import json,sys; r=json.loads(sys.stdin.readline()); sys.stdin.read(); print(round($batch*r['completion_tokens']/r['batch_seconds'],1))"
+  }
+  ft=$(ours)
+  # the same with MKL's vendor check left on (its generic kernels on non-Intel CPUs, as in stock PyTorch)
+  ft_generic=$(FERROTUNE_MKL_VENDOR_CHECK=1 ours)
   hf=$(OMP_NUM_THREADS=$threads "$py" "$here/infer_hf_decode.py" "$work/model" "$new" "$threads" "$batch" |
     "$py" -c "import json,sys; print(round(json.load(sys.stdin)['tokens_per_s'],1))")
   ratio=$("$py" -c "print(round($ft/$hf,2))")
-  echo "decode batch=$batch threads=$threads new_tokens=$new: ferrotune $ft tok/s, transformers $hf tok/s, ratio ${ratio}x"
+  echo "decode batch=$batch threads=$threads new_tokens=$new: ferrotune $ft tok/s, transformers $hf tok/s, ratio ${ratio}x" \
+    "(ferrotune with FERROTUNE_MKL_VENDOR_CHECK=1: $ft_generic tok/s, $("$py" -c "print(round($ft_generic/$hf,2))")x; load average $(cut -d' ' -f1 /proc/loadavg))"
 done
 
 # Load test.

@@ -2,11 +2,18 @@
 //! error into a one-line `error: ...` (plus its causes) and exit status 1. Usage errors exit 2 (clap).
 
 mod acquire_cmd;
+mod cpu_tuning;
 mod data_cmd;
+mod demo_cmd;
+mod distcheck_cmd;
 mod env_cmd;
+mod estimate_cmd;
+mod gptq_cmd;
 mod infer_cmd;
+mod launch_cmd;
 mod logging;
 mod model_cmd;
+mod quant_cmd;
 mod tokenizer_cmd;
 mod train_cmd;
 // subcommand modules: one file per subcommand family, `mod <area>_cmd;` lines go above this comment
@@ -61,6 +68,17 @@ enum Command {
     InspectData(data_cmd::InspectDataArgs),
     /// Greedy answers to held-out questions (JSON) and their exact-match score, with or without an adapter.
     Answer(train_cmd::AnswerArgs),
+    /// Run a ferrotune subcommand on N local workers (torchrun env), or on every node of a hostfile over ssh.
+    Launch(launch_cmd::LaunchArgs),
+    /// Worker check for `launch`: Gloo group from the environment, three collectives, printed results.
+    #[command(hide = true)]
+    DistSelftest(launch_cmd::DistSelftestArgs),
+    /// The before/after table of the demo fine-tune (eval loss, token accuracy, exact match per task).
+    DemoReport(demo_cmd::DemoReportArgs),
+    /// Predict training memory (weights, gradients, optimizer, activations) on one GPU and per GPU when sharded.
+    Estimate(estimate_cmd::EstimateArgs),
+    /// Write a pre-quantized checkpoint (nf4 / fp4 with optional double quant, int8).
+    Quantize(quant_cmd::QuantizeArgs),
     // new subcommands go above this comment
 }
 
@@ -81,11 +99,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PrepareData(a) => data_cmd::run_prepare(a),
         Command::InspectData(a) => data_cmd::run_inspect(a),
         Command::Answer(a) => train_cmd::answer(a),
+        Command::Launch(a) => launch_cmd::run(a),
+        Command::DistSelftest(a) => launch_cmd::selftest(a),
+        Command::DemoReport(a) => demo_cmd::run(a),
+        Command::Estimate(a) => estimate_cmd::run(a),
+        Command::Quantize(a) => quant_cmd::run(a),
         // new match arms go above this comment
     }
 }
 
 fn main() -> ExitCode {
+    cpu_tuning::tune_malloc();
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.quiet);
     logging::install_panic_hook();

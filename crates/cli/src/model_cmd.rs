@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use ferrotune_core::{DType, DeviceSpec};
-use ferrotune_model::{load_pretrained, resolve_device, save_pretrained, AttentionMask};
+use ferrotune_model::{resolve_device, save_pretrained, AttentionMask};
 use serde::Serialize;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
@@ -29,6 +29,13 @@ pub struct MergeLoraArgs {
     /// Device to merge on.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    /// Quantize the 16-bit base at load (4: nf4/fp4 with double quant, 8: int8), as it was during QLoRA
+    /// training, then dequantize and merge. A pre-quantized base directory is dequantized without it.
+    #[arg(long, value_parser = ["4", "8"])]
+    quantization_bit: Option<String>,
+    /// The 4-bit data type with --quantization-bit 4.
+    #[arg(long, default_value = "nf4", value_parser = ["nf4", "fp4"])]
+    quantization_type: String,
 }
 
 /// Parses `5GB`, `500MB`, `2GiB`, `123` (bytes), as transformers does (GB = 10⁹, GiB = 2³⁰).
@@ -60,8 +67,25 @@ pub fn merge_lora(a: MergeLoraArgs) -> anyhow::Result<()> {
     let base_cfg = ferrotune_model::LlamaConfig::from_json_file(&a.base.join("config.json"))?;
     let out_dtype = a.dtype.or(base_cfg.torch_dtype).unwrap_or(DType::F32);
     tracing::info!(base = %a.base.display(), adapter = %a.adapter.display(), dtype = %out_dtype, "merging");
-    let (mut model, _vs, _) = load_pretrained(&a.base, out_dtype, device)
-        .with_context(|| format!("loading the base model {}", a.base.display()))?;
+    let spec = crate::quant_cmd::load_time_spec(
+        a.quantization_bit.as_deref(),
+        &a.quantization_type,
+        DType::F32,
+    )?;
+    let quantized = spec.is_some() || ferrotune_quant::dir_quantization(&a.base)?.is_some();
+    // A quantized base is dequantized to fp32, merged in fp32 and rounded once to `out_dtype` on saving.
+    let load_dtype = if quantized { DType::F32 } else { out_dtype };
+    let ((mut model, _vs, _), _) =
+        ferrotune_quant::load_model(&a.base, load_dtype, device, spec.as_ref())
+            .with_context(|| format!("loading the base model {}", a.base.display()))?;
+    if quantized {
+        let n = ferrotune_quant::dequantize_model(&mut model, Kind::Float);
+        tracing::warn!("{}", ferrotune_quant::MERGE_ROUNDING_WARNING);
+        eprintln!(
+            "warning: dequantized {n} projections: {}",
+            ferrotune_quant::MERGE_ROUNDING_WARNING
+        );
+    }
     model
         .load_lora("merge", &a.adapter, Some(Kind::Float))
         .with_context(|| format!("loading the adapter {}", a.adapter.display()))?;
@@ -112,6 +136,13 @@ pub struct EvalArgs {
     /// Do not prepend the BOS token.
     #[arg(long)]
     no_bos: bool,
+    /// Quantize a 16-bit model while loading: 4 (nf4/fp4 with double quant) or 8 (int8), computing in
+    /// --dtype. A pre-quantized directory (`ferrotune quantize`) loads as stored without it.
+    #[arg(long, value_parser = ["4", "8"])]
+    quantization_bit: Option<String>,
+    /// The 4-bit data type with --quantization-bit 4.
+    #[arg(long, default_value = "nf4", value_parser = ["nf4", "fp4"])]
+    quantization_type: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,8 +173,14 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let device = resolve_device(a.device);
     let tok = ferrotune_tokenizer::Tokenizer::from_path(&a.model)
         .with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
-    let (mut model, _vs, _) = load_pretrained(&a.model, a.dtype, device)
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let spec = crate::quant_cmd::load_time_spec(
+        a.quantization_bit.as_deref(),
+        &a.quantization_type,
+        a.dtype,
+    )?;
+    let ((mut model, _vs, _), _) =
+        ferrotune_quant::load_model(&a.model, a.dtype, device, spec.as_ref())
+            .with_context(|| format!("loading {}", a.model.display()))?;
     if let Some(ad) = &a.adapter {
         model
             .load_lora("eval", ad, None)

@@ -48,6 +48,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "train_seconds": s.train_seconds,
         "tokens_per_second": s.tokens_per_second,
         "peak_memory_mib": s.peak_memory_mib,
+        "peak_gpu_memory_mib": peak_gpu_mib(&s.output_dir),
         "interrupted": s.interrupted,
         "resumed_from": s.resumed_from,
     });
@@ -71,6 +72,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(l) = s.losses.last() {
         println!("final train loss  {l:.4}");
     }
+    if let Some(g) = peak_gpu_mib(&s.output_dir) {
+        println!("peak GPU memory   {g:.0} MiB (libtorch reserved, sampled)");
+    }
     if let Some(m) = s.initial_eval {
         println!(
             "eval before       loss {:.4}  ppl {:.3}  acc {:.4}",
@@ -91,6 +95,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     println!("output            {}", s.output_dir.display());
     Ok(())
+}
+
+/// The last peak GPU memory the run logged in metrics.jsonl (CUDA runs only).
+fn peak_gpu_mib(output_dir: &std::path::Path) -> Option<f64> {
+    let records =
+        ferrotune_train::metrics::read_records(&ferrotune_core::RunDir::new(output_dir).metrics())
+            .ok()?;
+    records.iter().rev().find_map(|r| r.peak_gpu_memory_mib)
 }
 
 #[derive(Debug, clap::Args)]

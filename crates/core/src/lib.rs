@@ -9,8 +9,10 @@
 pub mod config;
 pub mod device;
 pub mod dtype;
+pub mod estimate;
 pub mod fsutil;
 pub mod layout;
+pub mod model_shape;
 pub mod testkit;
 pub mod train_config;
 

@@ -45,6 +45,17 @@ pub enum SchedulerType {
     Step,
 }
 
+/// `quantization_type`: the 4-bit data type of a QLoRA base (bitsandbytes' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantizationType {
+    /// 4-bit NormalFloat (QLoRA).
+    #[default]
+    Nf4,
+    /// 4-bit float (sign, 3 bits).
+    Fp4,
+}
+
 /// The resolved training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,6 +85,14 @@ pub struct TrainConfig {
     /// Projection names (`q_proj`, ...) or `all` for all seven.
     #[serde(deserialize_with = "string_list")]
     pub lora_target: Vec<String>,
+    /// QLoRA: quantize the frozen base's projections to 4 (NF4/FP4) or 8 (int8) bits right after loading
+    /// (LLaMA-Factory `quantization_bit`); only with `finetuning_type = "lora"`.
+    pub quantization_bit: Option<u8>,
+    /// The 4-bit data type, `nf4` (QLoRA's NormalFloat) or `fp4` (LLaMA-Factory `quantization_type`).
+    pub quantization_type: QuantizationType,
+    /// 4-bit: quantize the per-block absmax again (8-bit, blocks of 256), as QLoRA does
+    /// (LLaMA-Factory `double_quantization`).
+    pub double_quantization: bool,
     // --- data ---
     /// Dataset names from `dataset_dir/dataset_info.json` (a comma-separated string or a list).
     #[serde(deserialize_with = "string_list")]
@@ -111,6 +130,7 @@ pub struct TrainConfig {
     pub fp16: bool,
     /// Everything (weights, gradients, optimizer state) in bf16, as llama-recipes' `pure_bf16`.
     pub pure_bf16: bool,
+    #[serde(alias = "fsdp_activation_checkpointing")]
     pub gradient_checkpointing: bool,
     /// Stop with an error after this many consecutive steps with a NaN/inf loss (each one is skipped).
     pub max_nonfinite_steps: u32,
@@ -133,6 +153,71 @@ pub struct TrainConfig {
     pub device: DeviceSpec,
     /// Intra-op CPU threads (default: libtorch's choice).
     pub num_threads: Option<usize>,
+    /// Multi-process training (`[parallel]`): used when the job has more than one rank.
+    pub parallel: ParallelConfig,
+}
+
+/// `parallel.strategy`: how the ranks of a job share the model (llama-recipes' FSDP `sharding_strategy`
+/// names; DeepSpeed-style aliases accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ShardingStrategy {
+    /// DDP: every rank holds everything; gradients are all-reduced in buckets.
+    #[default]
+    #[serde(rename = "NO_SHARD", alias = "ddp", alias = "no_shard")]
+    NoShard,
+    /// ZeRO-2: gradients reduce-scattered, optimizer state + fp32 master sharded, parameters all-gathered.
+    #[serde(rename = "SHARD_GRAD_OP", alias = "zero2", alias = "shard_grad_op")]
+    ShardGradOp,
+    /// ZeRO-3 / FSDP: parameters sharded per decoder layer, gathered just in time.
+    #[serde(
+        rename = "FULL_SHARD",
+        alias = "zero3",
+        alias = "fsdp",
+        alias = "full_shard"
+    )]
+    FullShard,
+    /// FULL_SHARD within a node, replicated across nodes.
+    #[serde(rename = "HYBRID_SHARD", alias = "hybrid", alias = "hybrid_shard")]
+    HybridShard,
+}
+
+/// `parallel.checkpoint_type` (llama-recipes' names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CheckpointType {
+    /// Rank 0 gathers and writes the single-process files (HF/PEFT weights, optimizer state).
+    #[default]
+    #[serde(rename = "FULL_STATE_DICT", alias = "full")]
+    FullStateDict,
+    /// Every rank writes its shard plus a layout file; resumable at another world size.
+    #[serde(rename = "SHARDED_STATE_DICT", alias = "sharded")]
+    ShardedStateDict,
+}
+
+/// The `[parallel]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParallelConfig {
+    #[serde(alias = "sharding_strategy")]
+    pub strategy: ShardingStrategy,
+    pub checkpoint_type: CheckpointType,
+    /// `gloo` or `nccl` (default: by device).
+    pub backend: Option<String>,
+    /// Bucket size of the NO_SHARD gradient all-reduce, in MB.
+    pub bucket_cap_mb: f64,
+    /// Seconds any collective may wait before the run fails naming the rank and operation.
+    pub timeout_s: u64,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig {
+            strategy: ShardingStrategy::NoShard,
+            checkpoint_type: CheckpointType::FullStateDict,
+            backend: None,
+            bucket_cap_mb: 25.0,
+            timeout_s: 1800,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -151,6 +236,9 @@ impl Default for TrainConfig {
             lora_alpha: 16.0,
             lora_dropout: 0.0,
             lora_target: vec!["q_proj".into(), "v_proj".into()],
+            quantization_bit: None,
+            quantization_type: QuantizationType::Nf4,
+            double_quantization: true,
             dataset: Vec::new(),
             eval_dataset: Vec::new(),
             dataset_dir: PathBuf::from("datasets"),
@@ -192,6 +280,7 @@ impl Default for TrainConfig {
             seed: 42,
             device: DeviceSpec::Auto,
             num_threads: None,
+            parallel: ParallelConfig::default(),
         }
     }
 }
@@ -278,6 +367,26 @@ impl TrainConfig {
             req(
                 self.num_freeze_layers.is_some(),
                 "`num_freeze_layers` is required with finetuning_type = \"freeze\"",
+            )?;
+        }
+        req(
+            self.parallel.bucket_cap_mb > 0.0 && self.parallel.timeout_s > 0,
+            "`parallel.bucket_cap_mb` and `parallel.timeout_s` must be > 0",
+        )?;
+        if let Some(b) = &self.parallel.backend {
+            req(
+                matches!(b.as_str(), "gloo" | "nccl"),
+                &format!("`parallel.backend`: unknown backend `{b}` (expected gloo or nccl)"),
+            )?;
+        }
+        if let Some(bits) = self.quantization_bit {
+            req(
+                bits == 4 || bits == 8,
+                &format!("`quantization_bit` = {bits}: expected 4 or 8"),
+            )?;
+            req(
+                self.finetuning_type == FinetuningType::Lora,
+                "`quantization_bit` (QLoRA) needs finetuning_type = \"lora\": quantized weights cannot be trained",
             )?;
         }
         if let Some(r) = &self.resume_from_checkpoint {
@@ -399,6 +508,64 @@ mod tests {
         )
         .unwrap();
         assert!(bad.validate().unwrap_err().contains("qproj"));
+        let par: TrainConfig = parse_with_overrides(
+            Path::new("t.toml"),
+            &format!("{MIN}fsdp_activation_checkpointing = true\n[parallel]\nsharding_strategy = \"zero3\"\ncheckpoint_type = \"SHARDED_STATE_DICT\""),
+            &["parallel.timeout_s=60".into()],
+        )
+        .unwrap();
+        assert!(par.gradient_checkpointing);
+        assert_eq!(par.parallel.strategy, ShardingStrategy::FullShard);
+        assert_eq!(
+            par.parallel.checkpoint_type,
+            CheckpointType::ShardedStateDict
+        );
+        assert_eq!(par.parallel.timeout_s, 60);
+        let err = parse_with_overrides::<TrainConfig>(
+            Path::new("t.toml"),
+            &format!("{MIN}[parallel]\nstrategy = \"FULL_SHARD\"\ncheckpoint_tipe = \"x\""),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("did you mean `checkpoint_type`?"), "{err}");
+        let q: TrainConfig = parse_with_overrides(
+            Path::new("t.toml"),
+            &format!("{MIN}quantization_bit = 4\nquantization_type = \"fp4\"\ndouble_quantization = false"),
+            &[],
+        )
+        .unwrap();
+        q.validate().unwrap();
+        assert_eq!(
+            (
+                q.quantization_bit,
+                q.quantization_type,
+                q.double_quantization
+            ),
+            (Some(4), QuantizationType::Fp4, false)
+        );
+        let bad: TrainConfig = parse_with_overrides(
+            Path::new("t.toml"),
+            &format!("{MIN}quantization_bit = 3"),
+            &[],
+        )
+        .unwrap();
+        assert!(bad.validate().unwrap_err().contains("expected 4 or 8"));
+        let bad: TrainConfig = parse_with_overrides(
+            Path::new("t.toml"),
+            &format!("{MIN}quantization_bit = 8\nfinetuning_type = \"full\""),
+            &[],
+        )
+        .unwrap();
+        assert!(bad.validate().unwrap_err().contains("finetuning_type"));
+        let err = parse_with_overrides::<TrainConfig>(
+            Path::new("t.toml"),
+            &format!("{MIN}quantisation_bit = 4"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("did you mean `quantization_bit`?"), "{err}");
         let missing: TrainConfig =
             parse_with_overrides(Path::new("t.toml"), "dataset = \"a\"", &[]).unwrap();
         assert!(missing

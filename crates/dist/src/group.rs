@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::env::RankEnv;
 use crate::gloo::{Elem, GlooComm};
+use crate::nccl::NcclComm;
 use crate::store::{StoreError, TcpStore};
 
 /// The collective engine.
@@ -90,7 +91,14 @@ pub struct ProcessGroup {
     world_size: usize,
     backend: Backend,
     timeout: Duration,
-    gloo: GlooComm,
+    comm: Comm,
+}
+
+/// The connected backend.
+#[derive(Debug)]
+enum Comm {
+    Gloo(GlooComm),
+    Nccl(NcclComm),
 }
 
 impl ProcessGroup {
@@ -100,14 +108,7 @@ impl ProcessGroup {
     pub fn init(env: &RankEnv, backend: Backend, timeout: Duration) -> Result<Self, DistError> {
         let rank = env.rank;
         if backend == Backend::Nccl {
-            return Err(DistError::Unavailable {
-                rank,
-                backend: backend.name(),
-                reason:
-                    "the NCCL process group is not implemented yet in this build (use gloo on CPU \
-                         tensors)"
-                        .into(),
-            });
+            nccl_preflight(env)?;
         }
         let store = Arc::new(TcpStore::connect(
             rank,
@@ -115,6 +116,35 @@ impl ProcessGroup {
             env.master_port,
             timeout,
         )?);
+        if backend == Backend::Nccl {
+            let nccl = NcclComm::connect(
+                rank,
+                env.world_size,
+                env.local_rank,
+                "nccl/default",
+                &store,
+                timeout,
+            )
+            .map_err(|msg| DistError::Collective {
+                rank,
+                op: "init (nccl communicator)",
+                timeout,
+                msg,
+            })?;
+            tracing::debug!(
+                rank,
+                world_size = env.world_size,
+                device = nccl.device(),
+                "nccl process group connected"
+            );
+            return Ok(ProcessGroup {
+                rank,
+                world_size: env.world_size,
+                backend,
+                timeout,
+                comm: Comm::Nccl(nccl),
+            });
+        }
         let host = gloo_hostname(&env.master_addr);
         let gloo = GlooComm::connect(rank, env.world_size, &host, "gloo/default", store, timeout)
             .map_err(|msg| DistError::Collective {
@@ -133,7 +163,7 @@ impl ProcessGroup {
             world_size: env.world_size,
             backend,
             timeout,
-            gloo,
+            comm: Comm::Gloo(gloo),
         })
     }
 
@@ -153,8 +183,17 @@ impl ProcessGroup {
     pub fn all_reduce(&self, t: &mut Tensor, op: ReduceOp) -> Result<(), DistError> {
         const OP: &str = "all_reduce";
         let elem = self.check(OP, t)?;
+        let gloo = match &self.comm {
+            Comm::Gloo(g) => g,
+            // SAFETY: `t` is a contiguous tensor of `numel` elements of `elem` on the communicator's
+            // device (checked above).
+            Comm::Nccl(n) => {
+                return unsafe { n.all_reduce(elem, t.data_ptr(), t.numel(), op) }
+                    .map_err(|msg| self.fail(OP, msg))
+            }
+        };
         // SAFETY: `t` is a contiguous CPU tensor of `numel` elements of `elem` (checked above).
-        unsafe { self.gloo.allreduce_sum(elem, t.data_ptr(), t.numel()) }
+        unsafe { gloo.allreduce_sum(elem, t.data_ptr(), t.numel()) }
             .map_err(|msg| self.fail(OP, msg))?;
         self.finish(OP, t, op)
     }
@@ -166,7 +205,7 @@ impl ProcessGroup {
     /// is the typed halving-doubling class only, with no bf16 support).
     pub fn reduce_scatter(&self, input: &Tensor, op: ReduceOp) -> Result<Tensor, DistError> {
         const OP: &str = "reduce_scatter";
-        self.check(OP, input)?;
+        let elem = self.check(OP, input)?;
         let rows = input.size().first().copied().unwrap_or(0);
         if rows % self.world_size as i64 != 0 {
             return Err(self.bad(
@@ -176,6 +215,17 @@ impl ProcessGroup {
                     self.world_size
                 ),
             ));
+        }
+        if let Comm::Nccl(n) = &self.comm {
+            let mut shape = input.size();
+            shape[0] = rows / self.world_size as i64;
+            let out = Tensor::empty(shape, (input.kind(), input.device()));
+            let per_rank = input.numel() / self.world_size;
+            // SAFETY: `input` holds per_rank * world elements and `out` per_rank, both contiguous on the
+            // communicator's device with dtype `elem`.
+            unsafe { n.reduce_scatter(elem, input.data_ptr(), out.data_ptr(), per_rank, op) }
+                .map_err(|msg| self.fail(OP, msg))?;
+            return Ok(out);
         }
         let mut full = input.copy();
         self.all_reduce(&mut full, op).map_err(|e| match e {
@@ -195,11 +245,12 @@ impl ProcessGroup {
             shape.push(1);
         }
         shape[0] *= self.world_size as i64;
-        let out = Tensor::empty(shape, (t.kind(), Device::Cpu));
-        // SAFETY: `t` holds numel elements and `out` numel * world_size, both contiguous CPU of `elem`.
-        unsafe {
-            self.gloo
-                .allgather(elem, t.data_ptr(), out.data_ptr(), t.numel())
+        let out = Tensor::empty(shape, (t.kind(), t.device()));
+        // SAFETY: `t` holds numel elements and `out` numel * world_size, both contiguous of `elem` on the
+        // backend's device (checked above).
+        match &self.comm {
+            Comm::Gloo(g) => unsafe { g.allgather(elem, t.data_ptr(), out.data_ptr(), t.numel()) },
+            Comm::Nccl(n) => unsafe { n.all_gather(elem, t.data_ptr(), out.data_ptr(), t.numel()) },
         }
         .map_err(|msg| self.fail(OP, msg))?;
         Ok(out)
@@ -219,21 +270,46 @@ impl ProcessGroup {
             ));
         }
         // SAFETY: as in all_reduce.
-        unsafe { self.gloo.broadcast(elem, t.data_ptr(), t.numel(), root) }
-            .map_err(|msg| self.fail(OP, msg))
+        match &self.comm {
+            Comm::Gloo(g) => unsafe { g.broadcast(elem, t.data_ptr(), t.numel(), root) },
+            Comm::Nccl(n) => unsafe { n.broadcast(elem, t.data_ptr(), t.numel(), root) },
+        }
+        .map_err(|msg| self.fail(OP, msg))
     }
 
     /// Returns once every rank has called it.
     pub fn barrier(&self) -> Result<(), DistError> {
-        self.gloo.barrier().map_err(|msg| self.fail("barrier", msg))
+        match &self.comm {
+            Comm::Gloo(g) => g.barrier().map_err(|msg| self.fail("barrier", msg)),
+            Comm::Nccl(n) => {
+                // NCCL has no barrier: all-reduce one element on the device.
+                let t = Tensor::zeros([1], (Kind::Float, Device::Cuda(n.device())));
+                // SAFETY: one contiguous f32 element on the communicator's device.
+                unsafe { n.all_reduce(Elem::F32, t.data_ptr(), 1, ReduceOp::Sum) }
+                    .map_err(|msg| self.fail("barrier", msg))
+            }
+        }
     }
 
     fn check(&self, op: &'static str, t: &Tensor) -> Result<Elem, DistError> {
-        if t.device() != Device::Cpu {
-            return Err(self.bad(
-                op,
-                format!("the gloo backend needs a CPU tensor, got {:?}", t.device()),
-            ));
+        match &self.comm {
+            Comm::Gloo(_) if t.device() != Device::Cpu => {
+                return Err(self.bad(
+                    op,
+                    format!("the gloo backend needs a CPU tensor, got {:?}", t.device()),
+                ));
+            }
+            Comm::Nccl(n) if t.device() != Device::Cuda(n.device()) => {
+                return Err(self.bad(
+                    op,
+                    format!(
+                        "the nccl backend of this rank needs a tensor on cuda:{}, got {:?}",
+                        n.device(),
+                        t.device()
+                    ),
+                ));
+            }
+            _ => {}
         }
         if !t.is_contiguous() {
             return Err(self.bad(op, "the tensor is not contiguous".into()));
@@ -271,6 +347,33 @@ impl ProcessGroup {
             msg,
         }
     }
+}
+
+/// Fails early (before any rendezvous) when this rank cannot run NCCL: no CUDA device for LOCAL_RANK
+/// in this libtorch, or libcuda / libnccl cannot be loaded.
+fn nccl_preflight(env: &RankEnv) -> Result<(), DistError> {
+    let unavailable = |reason: String| DistError::Unavailable {
+        rank: env.rank,
+        backend: "nccl",
+        reason,
+    };
+    let n = if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
+    };
+    if env.local_rank >= n {
+        return Err(unavailable(format!(
+            "it needs CUDA device cuda:{} (LOCAL_RANK) but libtorch sees {n} CUDA device(s){}",
+            env.local_rank,
+            if n == 0 {
+                " — use the gloo backend on CPU"
+            } else {
+                ""
+            }
+        )));
+    }
+    NcclComm::available().map_err(unavailable)
 }
 
 /// The address this rank's gloo endpoint listens on: `FERROTUNE_GLOO_HOST` if set; loopback when the

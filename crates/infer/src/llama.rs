@@ -4,9 +4,7 @@
 use crate::error::{InferError, Result};
 use crate::model::{CausalLm, KvCache};
 use ferrotune_core::DType;
-use ferrotune_model::{
-    load_pretrained, AdapterSelection, AttentionMask, LlamaConfig, LlamaForCausalLM,
-};
+use ferrotune_model::{AdapterSelection, AttentionMask, LlamaConfig, LlamaForCausalLM};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
@@ -41,7 +39,10 @@ impl LlamaEngineModel {
             reason: e.to_string(),
         };
         let (mut model, vs, cfg) =
-            load_pretrained(dir, dtype, device).map_err(|e| load_err(dir, &e))?;
+            // 16-bit or pre-quantized (`ferrotune quantize`) directories alike.
+            ferrotune_quant::load_model(dir, dtype, device, None)
+                .map(|(loaded, _)| loaded)
+                .map_err(|e| load_err(dir, &e))?;
         model.set_training(false);
         let mut names = Vec::new();
         for (name, path) in adapters {
@@ -95,14 +96,20 @@ impl CausalLm for LlamaEngineModel {
         let mut kv = ferrotune_model::KvCache {
             layers: std::mem::take(&mut cache.layers),
         };
-        let logits = self.model.forward(
-            input_ids,
-            positions,
-            &AttentionMask::Explicit(mask.shallow_clone()),
-            Some(&mut kv),
-        );
+        // A decoded token whose row has no padding attends to every cached position: no mask at all, so
+        // attention skips building and applying one in every layer.
+        let t = input_ids.size()[1];
+        let mask = if t == 1 && mask.all().int64_value(&[]) != 0 {
+            AttentionMask::Causal
+        } else {
+            AttentionMask::Explicit(mask.shallow_clone())
+        };
+        let hidden = self
+            .model
+            .forward_hidden(input_ids, positions, &mask, Some(&mut kv));
         cache.layers = kv.layers;
-        Ok(logits)
+        // The engine samples from the last position only: the vocabulary projection skips the others.
+        Ok(self.model.logits(&hidden.narrow(1, t - 1, 1)))
     }
 
     fn n_layers(&self) -> usize {

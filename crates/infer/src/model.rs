@@ -95,10 +95,11 @@ fn pad_dim2(t: &Tensor, n: i64) -> Tensor {
 
 /// A causal language model the engine can drive.
 pub trait CausalLm: Send {
-    /// Logits `[B, T, V]` for `input_ids` `[B, T]` (i64) at `positions` `[B, T]` (i64, RoPE positions),
+    /// Logits `[B, T', V]` for `input_ids` `[B, T]` (i64) at `positions` `[B, T]` (i64, RoPE positions),
     /// attending where `mask` (bool `[B, 1, T, T_cached + T]`, true = may attend) allows, reading and
     /// extending `cache`. `adapters[b]` is row `b`'s LoRA adapter (`None`: the base model); rows of one
-    /// batch may use different adapters.
+    /// batch may use different adapters. The engine reads only the last position, so `T'` may be 1 (only
+    /// the last position's logits) or `T`.
     fn forward(
         &self,
         input_ids: &Tensor,

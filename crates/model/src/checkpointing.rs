@@ -22,11 +22,26 @@ impl LlamaForCausalLM {
         mask: &AttentionMask,
         loss_fn: &mut dyn FnMut(&Tensor) -> Tensor,
     ) -> Tensor {
-        if !self.gradient_checkpointing {
-            let logits = self.forward(input_ids, position_ids, mask, None);
-            let loss = loss_fn(&logits);
+        self.forward_backward_hidden(input_ids, position_ids, mask, &mut |h| {
+            let loss = loss_fn(&self.logits(h));
             loss.backward();
-            return loss.detach();
+            loss.detach()
+        })
+    }
+
+    /// [`LlamaForCausalLM::forward_backward`] with the loss head left to `head`: it gets the final hidden
+    /// states (after the last norm, inside the autograd graph), must run the backward from them itself
+    /// and returns the detached loss.
+    pub fn forward_backward_hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        mask: &AttentionMask,
+        head: &mut dyn FnMut(&Tensor) -> Tensor,
+    ) -> Tensor {
+        if !self.gradient_checkpointing {
+            let h = self.forward_hidden(input_ids, position_ids, mask, None);
+            return head(&h);
         }
         let t = input_ids.size()[1];
         let h0 = self.model.embed_tokens.forward(input_ids);
@@ -58,10 +73,7 @@ impl LlamaForCausalLM {
             .expect("at least the embeddings")
             .detach()
             .set_requires_grad(true);
-        let logits = self.logits(&self.model.norm.forward(&last));
-        let loss = loss_fn(&logits);
-        loss.backward();
-        drop(logits);
+        let loss = head(&self.model.norm.forward(&last));
         let mut grad = last.grad();
         for (i, layer) in self.model.layers.iter().enumerate().rev() {
             let x = inputs
@@ -84,6 +96,6 @@ impl LlamaForCausalLM {
         if h0.requires_grad() {
             (h0 * &grad).sum(Kind::Float).backward();
         }
-        loss.detach()
+        loss
     }
 }

@@ -16,6 +16,7 @@ pub mod convert_pickle;
 pub mod convert_vocab;
 pub mod device;
 pub mod error;
+pub mod fused_ce;
 pub mod hub;
 pub mod hub_fetch;
 pub mod layers;

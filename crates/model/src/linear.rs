@@ -15,6 +15,10 @@ pub trait LinearKernel: std::fmt::Debug + Send {
     fn dense_weight(&self, kind: Kind) -> Tensor;
     /// (out_features, in_features).
     fn shape(&self) -> (i64, i64);
+    /// The concrete kernel for downcasting (the quant crate finds its kernels' tensors through it when saving).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// The base weight of a projection.

@@ -82,25 +82,29 @@ impl Rotary {
         default_inv_freq(&base, self.head_dim, dev)
     }
 
-    /// cos and sin for `position_ids` [B,T] → each [B,T,head_dim] in `kind`.
+    /// The rotation tables for `position_ids` [B,T], each [B,1,T,head_dim] in `kind` (broadcast over heads):
+    /// `cos`, and `sin` with its first half negated (the sign of `rotate_half`, see [`apply_rotary`]).
     pub fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let inv = self.inv_freq_for(position_ids);
         let freqs = position_ids.unsqueeze(-1).to_kind(Kind::Float) * inv;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        let half = self.head_dim / 2;
+        let sin = emb.sin().to_kind(kind);
+        let signed_sin = Tensor::cat(
+            &[sin.narrow(-1, 0, half).neg(), sin.narrow(-1, half, half)],
+            -1,
+        );
+        (
+            emb.cos().to_kind(kind).unsqueeze(1),
+            signed_sin.unsqueeze(1),
+        )
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
+/// Applies the rotation to q or k [B,H,T,D] with the tables of [`Rotary::cos_sin`]: transformers'
+/// `x·cos + rotate_half(x)·sin` with `rotate_half(x) = [−x₂, x₁]`, computed as `x·cos + [x₂, x₁]·[−sin₁, sin₂]`
+/// (a roll instead of split/negate/concatenate; the same products, so the same bits).
+pub fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let half = x.size()[x.dim() - 1] / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[&x2.neg(), &x1], -1)
-}
-
-/// Applies the rotation to q or k [B,H,T,D] with cos/sin [B,T,D].
-pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let cos = cos.unsqueeze(1);
-    let sin = sin.unsqueeze(1);
-    x * cos + rotate_half(x) * sin
+    x * cos + x.roll([half], [-1]) * signed_sin
 }

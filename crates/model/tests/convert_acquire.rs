@@ -161,3 +161,44 @@ fn torch_save_reader_matches_torch_for_strided_shared_and_mixed_dtype_tensors() 
         assert!(g.data == w.data(), "{n}: values differ from torch's");
     }
 }
+
+#[test]
+fn gguf_f16_and_bf16_tensors_convert_to_the_rounded_f32_weights() {
+    let test = "gguf_f16_and_bf16_tensors_convert_to_the_rounded_f32_weights";
+    let Some(gguf) = fixture_or_skip(test, "models/stories260K/stories260K.gguf") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_dir = tmp.path().join("f32");
+    convert_gguf::convert_gguf(&gguf, &f32_dir).unwrap();
+    let reference = tch::Tensor::read_safetensors(f32_dir.join("model.safetensors")).unwrap();
+    for (kind, ttype) in [("f16", tch::Kind::Half), ("bf16", tch::Kind::BFloat16)] {
+        // The oracle script rewrites the real file's 2-D tensors as F16/BF16 (norms stay F32).
+        let recast = tmp.path().join(format!("{kind}.gguf"));
+        run_oracle(
+            "acquire_gguf_recast.py",
+            &[gguf.to_str().unwrap(), recast.to_str().unwrap(), kind],
+        );
+        let dir = tmp.path().join(kind);
+        convert_gguf::convert_gguf(&recast, &dir).unwrap();
+        let got: std::collections::HashMap<_, _> =
+            tch::Tensor::read_safetensors(dir.join("model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert_eq!(got.len(), reference.len(), "{kind}: tensor count");
+        for (name, want) in &reference {
+            let t = &got[name];
+            if want.dim() == 2 {
+                assert_eq!(t.kind(), ttype, "{kind}: {name} dtype");
+                assert!(
+                    t.equal(&want.to_kind(ttype)),
+                    "{kind}: {name} is not the {kind} rounding of the F32 weight"
+                );
+            } else {
+                assert_eq!(t.kind(), tch::Kind::Float, "{kind}: {name} dtype");
+                assert!(t.equal(want), "{kind}: {name} differs");
+            }
+        }
+    }
+}

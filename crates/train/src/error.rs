@@ -30,6 +30,10 @@ pub enum TrainError {
          check the data, or use bf16 instead of fp16 (`max_nonfinite_steps` sets the limit)"
     )]
     NonFinite { count: u32, step: u64 },
+    #[error("distributed: {0}")]
+    Distributed(String),
+    #[error("quantization: {0}")]
+    Quant(#[from] ferrotune_quant::QuantError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

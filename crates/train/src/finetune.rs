@@ -57,7 +57,15 @@ pub struct RunSummary {
 }
 
 /// Runs the recipe described by `cfg` on `data`.
+///
+/// When the environment describes a multi-process job (`WORLD_SIZE > 1`, from `ferrotune launch`,
+/// torchrun or Slurm), or the run resumes a SHARDED_STATE_DICT checkpoint, the distributed recipe
+/// [`crate::dist_finetune`] runs instead.
 pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError> {
+    let env = ferrotune_dist::RankEnv::from_env().map_err(|e| TrainError::Config(e.to_string()))?;
+    if env.world_size > 1 || crate::sharded_ckpt::resume_is_sharded(cfg) {
+        return crate::dist_finetune::run(cfg, data, env);
+    }
     cfg.validate().map_err(TrainError::Config)?;
     if let Some(n) = cfg.num_threads {
         tch::set_num_threads(n as i32);
@@ -66,6 +74,8 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
         return Err(TrainError::Data("the training split is empty".into()));
     }
     let device = ferrotune_model::resolve_device(cfg.device);
+    // Peak GPU memory (CUDA only): sampled after every micro-batch, see gpu_memory.rs.
+    let mut gpu_mem = crate::gpu_memory::GpuMemory::new(device);
     let run_dir = RunDir::new(&cfg.output_dir);
     let resume = prepare_output_dir(cfg, &run_dir)?;
     let text = ferrotune_core::config::to_toml(cfg)
@@ -191,14 +201,15 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
         for mb in window {
             let (ids, pos_ids, mask, labels) = mb.to_tensors(tm.device);
             let denom = n_window.max(1) as f64;
+            // The fused chunked loss head (same loss and gradients as CE on full logits).
             let loss = tm
                 .model
-                .forward_backward(&ids, &pos_ids, &mask, &mut |logits| {
-                    let (sum, _) = ferrotune_model::shifted_ce_sum(logits, &labels);
-                    (sum / denom) * scale
-                });
+                .forward_backward_ce(&ids, &pos_ids, &mask, &labels, denom, scale);
             step_loss += loss.double_value(&[]) / scale;
             progress.add_tokens(mb.input_tokens());
+            if let Some(g) = gpu_mem.as_mut() {
+                g.sample();
+            }
         }
 
         // NaN/inf: skip the update, count, give up after too many in a row.
@@ -256,6 +267,10 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
                 grad_norm: Some(last_grad_norm),
                 tokens_per_second: Some(rate),
                 peak_memory_mib: peak_rss_mib(),
+                peak_gpu_memory_mib: gpu_mem.as_mut().map(|g| {
+                    g.sample();
+                    g.peak_mib()
+                }),
                 skipped_steps: Some(state.skipped_steps),
                 ..Default::default()
             })?;
@@ -335,7 +350,10 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
 
 /// Checks the output directory against `overwrite_output_dir` / `resume_from_checkpoint`; returns the
 /// checkpoint to resume from.
-fn prepare_output_dir(cfg: &TrainConfig, run: &RunDir) -> Result<Option<PathBuf>, TrainError> {
+pub(crate) fn prepare_output_dir(
+    cfg: &TrainConfig,
+    run: &RunDir,
+) -> Result<Option<PathBuf>, TrainError> {
     std::fs::create_dir_all(run.root()).map_err(|e| TrainError::io(run.root(), e))?;
     checkpoint::remove_stale_temporaries(run);
     let resume = checkpoint::resolve_resume(run, cfg.resume_from_checkpoint.as_deref())?;

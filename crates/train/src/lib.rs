@@ -7,17 +7,25 @@
 pub mod batches;
 pub mod checkpoint;
 pub mod data;
+pub mod dist_finetune;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod finetune;
+pub mod flat;
+pub mod fsdp;
+pub mod gpu_memory;
 pub mod interrupt;
 pub mod loss_scale;
 pub mod metrics;
 pub mod model_setup;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod progress;
+pub mod qlora;
 pub mod scheduler;
+pub mod sharded_ckpt;
 
 pub use batches::{HostBatch, Sample};
 pub use error::TrainError;

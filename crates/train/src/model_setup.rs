@@ -1,4 +1,5 @@
-//! The model side of a recipe: load the base checkpoint in the compute dtype, optionally resize the
+//! The model side of a recipe: load the base checkpoint in the compute dtype (its projections quantized
+//! for QLoRA, see [`crate::qlora`]), optionally resize the
 //! vocabulary to an extended tokenizer, decide what is trainable (`lora` / `full` / `freeze`), restore
 //! weights from a checkpoint being resumed, and save adapter or full weights.
 
@@ -41,8 +42,9 @@ pub fn setup(
         )?;
         let mut vs = tch::nn::VarStore::new(device);
         vs.set_kind(ferrotune_model::kind_of(base_dtype));
-        let model = LlamaForCausalLM::load(vs.root(), &mc)?;
+        let mut model = LlamaForCausalLM::load(vs.root(), &mc)?;
         model.init_weights(cfg.seed as i64);
+        crate::qlora::quantize_in_place(cfg, &mut model)?;
         tracing::info!(
             "training from scratch: weights initialised with seed {}",
             cfg.seed
@@ -57,9 +59,8 @@ pub fn setup(
         vs.set_kind(ferrotune_model::kind_of(base_dtype));
         (LlamaForCausalLM::load(vs.root(), &mc)?, vs)
     } else {
-        let (m, vs, _) =
-            ferrotune_model::load_pretrained(&cfg.model_name_or_path, base_dtype, device)?;
-        (m, vs)
+        // QLoRA: the frozen base is quantized while it streams in (plain load otherwise).
+        crate::qlora::load_base(cfg, base_dtype, device)?
     };
     model.gradient_checkpointing = cfg.gradient_checkpointing;
     if let Some(n) = tokenizer_vocab.filter(|_| cfg.resize_vocab) {

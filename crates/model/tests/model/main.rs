@@ -2,6 +2,7 @@
 //! (tests/oracle/model_make.py) are generated once.
 
 mod common;
+mod fused_ce;
 mod lora_peft;
 mod parity;
 mod training;

@@ -1,0 +1,199 @@
+//! Two "nodes" on one machine train together: two `ferrotune launch --nnodes 2` processes (one worker
+//! each, master 127.0.0.1) run `train` with `parallel.strategy = NO_SHARD` and per-device batch 1, and
+//! must give the same per-step losses and final LoRA weights as one `ferrotune train` process with batch 2
+//! (fp32, tolerance 1e-5).
+//!
+//! Fixture: a tokenizer trained by `ferrotune train-tokenizer`, a tiny random Llama saved as an HF
+//! directory, and a small alpaca dataset.
+
+use ferrotune_model::{LlamaConfig, LlamaForCausalLM};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrotune");
+
+fn fixture(dir: &Path) -> PathBuf {
+    let words = [
+        "apple", "river", "stone", "cloud", "green", "seven", "orange", "music",
+    ];
+    let mut corpus = String::new();
+    let mut records = Vec::new();
+    for i in 0..24 {
+        let (a, b) = (words[i % 8], words[(i * 5 + 3) % 8]);
+        corpus.push_str(&format!("the {a} and the {b} are number {i}\n"));
+        records.push(serde_json::json!({
+            "instruction": format!("Join {a} with {b}"), "input": "", "output": format!("{a} {b} {i}"),
+        }));
+    }
+    std::fs::write(dir.join("corpus.txt"), &corpus).unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("toy.json"),
+        serde_json::to_string(&records).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        data.join("dataset_info.json"),
+        r#"{"toy": {"file_name": "toy.json"}}"#,
+    )
+    .unwrap();
+    let st = Command::new(BIN)
+        .args(["-q", "train-tokenizer", "--input"])
+        .arg(dir.join("corpus.txt"))
+        .args(["--vocab-size", "320", "--out"])
+        .arg(dir.join("tok.model"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "train-tokenizer failed");
+    let cfg = LlamaConfig::from_json_str(
+        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 320,
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+            "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": false}"#,
+    )
+    .unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m = LlamaForCausalLM::load(vs.root(), &cfg).unwrap();
+    m.init_weights(3);
+    let model = dir.join("model");
+    ferrotune_model::save_pretrained(&m, &model, None, ferrotune_model::DEFAULT_MAX_SHARD_SIZE)
+        .unwrap();
+    std::fs::copy(dir.join("tok.model"), model.join("tokenizer.model")).unwrap();
+    let text = format!(
+        r#"model_name_or_path = "{}"
+dataset = "toy"
+dataset_dir = "{}"
+template = "alpaca"
+cutoff_len = 48
+finetuning_type = "lora"
+lora_rank = 4
+lora_alpha = 8
+lora_dropout = 0.0
+lora_target = "all"
+per_device_train_batch_size = 2
+gradient_accumulation_steps = 1
+learning_rate = 5e-3
+max_steps = 4
+logging_steps = 1
+save_steps = 1000
+seed = 5
+device = "cpu"
+num_threads = 1
+"#,
+        model.display(),
+        data.display()
+    );
+    let p = dir.join("train.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v.get("loss").and_then(|l| l.as_f64()))
+        .collect()
+}
+
+fn wait(mut c: Child, what: &str) -> String {
+    let start = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(120) {
+            c.kill().ok();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = c.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+#[test]
+fn two_launchers_train_like_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = fixture(dir);
+    let single = dir.join("single");
+    let st = Command::new(BIN)
+        .args(["-q", "train"])
+        .arg(&cfg)
+        .arg("--set")
+        .arg(format!("output_dir={}", single.display()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    let dist = dir.join("dist");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let node = |k: &str| {
+        Command::new(BIN)
+            .args([
+                "launch",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                k,
+                "--nproc-per-node",
+                "1",
+            ])
+            .args([
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                &port,
+                "--",
+                "-q",
+                "train",
+            ])
+            .arg(&cfg)
+            .args(["--set", &format!("output_dir={}", dist.display())])
+            .args(["--set", "per_device_train_batch_size=1"])
+            .args(["--set", "parallel.strategy=NO_SHARD"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (n0, n1) = (node("0"), node("1"));
+    let out0 = wait(n0, "node 0");
+    wait(n1, "node 1");
+    assert!(out0.contains("[rank 0] "), "{out0}");
+
+    let (a, b) = (losses(&single), losses(&dist));
+    assert_eq!(a.len(), 4, "{a:?}");
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5, "losses differ: {a:?} vs {b:?}");
+    }
+    let read = |run: &Path| {
+        let mut v = tch::Tensor::read_safetensors(run.join("adapter_model.safetensors")).unwrap();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    let (wa, wb) = (read(&single), read(&dist));
+    assert_eq!(wa.len(), wb.len());
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        let d = (ta - tb).abs().max().double_value(&[]);
+        assert!(d <= 1e-5, "{na}: max |diff| {d}");
+    }
+}

@@ -1,0 +1,259 @@
+//! bitsandbytes' blockwise 4-bit quantization (`quantize_4bit` / `dequantize_4bit`): fp32 absmax per block of
+//! 64 values, each value scaled by the reciprocal of its block's absmax and coded by the NF4/FP4 tree, two
+//! codes per byte (first value in the high nibble); optional double quantization of the absmax (subtract the
+//! mean, 8-bit blockwise dynamic quantization in blocks of 256, `quantize_blockwise`).
+
+use crate::codes;
+use crate::format::DOUBLE_QUANT_BLOCK_SIZE;
+use tch::{Kind, Tensor};
+
+/// The 4-bit data types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FourBit {
+    Nf4,
+    Fp4,
+}
+
+impl FourBit {
+    pub fn name(self) -> &'static str {
+        match self {
+            FourBit::Nf4 => "nf4",
+            FourBit::Fp4 => "fp4",
+        }
+    }
+    /// The 16 values by code (fp32).
+    pub fn table(self) -> [f32; 16] {
+        match self {
+            FourBit::Nf4 => codes::NF4_TABLE,
+            FourBit::Fp4 => codes::fp4_table(),
+        }
+    }
+}
+
+/// 8-bit blockwise quantized fp32 values (`quantize_blockwise` with the signed dynamic map).
+#[derive(Debug)]
+pub struct Blockwise8 {
+    /// uint8 codes, one per value.
+    pub codes: Tensor,
+    /// fp32 absmax per block of `block_size`.
+    pub absmax: Tensor,
+    /// The 256-value code (fp32).
+    pub code: Tensor,
+    pub block_size: i64,
+}
+
+/// The absmax of a 4-bit weight: plain fp32, or double quantized.
+#[derive(Debug)]
+pub enum Absmax {
+    Plain(Tensor),
+    /// `absmax = dequantize_blockwise(q) + offset`.
+    Double {
+        q: Blockwise8,
+        offset: Tensor,
+    },
+}
+
+/// A 4-bit weight: packed codes and its absmax state.
+#[derive(Debug)]
+pub struct Packed4 {
+    pub kind: FourBit,
+    /// uint8, `ceil(numel / 2)` bytes.
+    pub packed: Tensor,
+    pub absmax: Absmax,
+    /// The 16 values by code (fp32), bitsandbytes' `quant_map`.
+    pub quant_map: Tensor,
+    pub block_size: i64,
+    /// The original element count.
+    pub numel: i64,
+}
+
+/// `x` (any float kind) flattened to fp32 and reshaped to [blocks, block] with zero padding, as the kernels
+/// load a partial last block.
+fn blocks_of(x: &Tensor, block: i64) -> Tensor {
+    let flat = x.to_kind(Kind::Float).reshape([-1]);
+    let n = flat.numel() as i64;
+    let nb = (n + block - 1) / block;
+    let pad = nb * block - n;
+    let flat = if pad > 0 {
+        Tensor::cat(&[flat, Tensor::zeros([pad], (Kind::Float, x.device()))], 0)
+    } else {
+        flat
+    };
+    flat.reshape([nb, block])
+}
+
+/// Per-block absmax and the values scaled by its reciprocal (fp32: `x * (1.0f / absmax)`).
+fn scale_blocks(x: &Tensor, block: i64) -> (Tensor, Tensor) {
+    let b = blocks_of(x, block);
+    let absmax = b.abs().amax([-1i64].as_slice(), false);
+    let scaled = &b * absmax.reciprocal().unsqueeze(-1);
+    (absmax, scaled)
+}
+
+/// `quantize_blockwise(x, code=create_dynamic_map(), blocksize)` for fp32 `x`.
+pub fn quantize_blockwise8(x: &Tensor, block: i64) -> Blockwise8 {
+    let code = codes::dynamic_map_signed().to_device(x.device());
+    let n = x.numel() as i64;
+    let (absmax, scaled) = scale_blocks(x, block);
+    let q = codes::quantize_dynamic(&code, &scaled)
+        .reshape([-1])
+        .narrow(0, 0, n);
+    Blockwise8 {
+        codes: q,
+        absmax,
+        code,
+        block_size: block,
+    }
+}
+
+/// `dequantize_blockwise`: `code[q] * absmax[block]` in fp32, flat.
+pub fn dequantize_blockwise8(b: &Blockwise8) -> Tensor {
+    let n = b.codes.numel() as i64;
+    let vals = b.code.index_select(0, &b.codes.to_kind(Kind::Int64));
+    (blocks_of(&vals, b.block_size) * b.absmax.unsqueeze(-1))
+        .reshape([-1])
+        .narrow(0, 0, n)
+}
+
+/// `quantize_4bit(w, blocksize, compress_statistics=double_quant, quant_type)`.
+pub fn quantize_4bit(w: &Tensor, kind: FourBit, block: i64, double_quant: bool) -> Packed4 {
+    let _g = tch::no_grad_guard();
+    let n = w.numel() as i64;
+    let (absmax, scaled) = scale_blocks(w, block);
+    let codes = match kind {
+        FourBit::Nf4 => codes::quantize_nf4(&scaled),
+        FourBit::Fp4 => codes::quantize_fp4(&scaled),
+    }
+    .reshape([-1, 2]);
+    let packed = (codes.select(1, 0) * 16 + codes.select(1, 1)).narrow(0, 0, (n + 1) / 2);
+    let absmax = if double_quant {
+        // offset = absmax.mean(): accumulated in f64 and rounded once, so the value does not depend on a
+        // reduction order (torch's fp32 CUDA mean may differ from it in the last bit).
+        let offset = absmax
+            .to_kind(Kind::Double)
+            .mean(Kind::Double)
+            .to_kind(Kind::Float);
+        let q = quantize_blockwise8(&(&absmax - &offset), DOUBLE_QUANT_BLOCK_SIZE);
+        Absmax::Double { q, offset }
+    } else {
+        Absmax::Plain(absmax)
+    };
+    Packed4 {
+        kind,
+        packed: packed.contiguous(),
+        absmax,
+        quant_map: Tensor::from_slice(&kind.table()).to_device(w.device()),
+        block_size: block,
+        numel: n,
+    }
+}
+
+impl Packed4 {
+    /// The fp32 absmax per block (dequantizing the double quantization: `dequantize_blockwise(q) + offset`).
+    pub fn absmax_f32(&self) -> Tensor {
+        match &self.absmax {
+            Absmax::Plain(a) => a.shallow_clone(),
+            Absmax::Double { q, offset } => dequantize_blockwise8(q) + offset,
+        }
+    }
+
+    /// `dequantize_4bit`: `quant_map[code] * absmax` in fp32, flat with `numel` values.
+    pub fn dequantize_f32(&self) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let dev = self.packed.device();
+        // One gather per byte: a [256, 2] table of (high, low) values.
+        let bytes = Tensor::arange(256, (Kind::Int64, dev));
+        let pair_idx = Tensor::stack(&[bytes.floor_divide_scalar(16), bytes.remainder(16)], 1);
+        let pairs = self
+            .quant_map
+            .index_select(0, &pair_idx.reshape([-1]))
+            .reshape([256, 2]);
+        let vals = pairs
+            .index_select(0, &self.packed.to_kind(Kind::Int))
+            .reshape([-1]);
+        let vals = vals.narrow(0, 0, self.numel);
+        (blocks_of(&vals, self.block_size) * self.absmax_f32().unsqueeze(-1))
+            .reshape([-1])
+            .narrow(0, 0, self.numel)
+    }
+
+    /// The stored tensors (packed codes, absmax state, maps) with bitsandbytes' names under `{key}.`:
+    /// `{key}` (uint8 [ceil(n/2), 1]), `{key}.absmax`, `{key}.quant_map`, and with double quant
+    /// `{key}.nested_absmax`, `{key}.nested_quant_map`, `{key}.nested_offset` ([1]).
+    pub fn tensors(&self, key: &str) -> Vec<(String, Tensor)> {
+        let mut v = vec![
+            (key.to_string(), self.packed.reshape([-1, 1])),
+            (format!("{key}.quant_map"), self.quant_map.shallow_clone()),
+        ];
+        match &self.absmax {
+            Absmax::Plain(a) => v.push((format!("{key}.absmax"), a.shallow_clone())),
+            Absmax::Double { q, offset } => {
+                v.push((format!("{key}.absmax"), q.codes.shallow_clone()));
+                v.push((format!("{key}.nested_absmax"), q.absmax.shallow_clone()));
+                v.push((format!("{key}.nested_quant_map"), q.code.shallow_clone()));
+                v.push((format!("{key}.nested_offset"), offset.reshape([1])));
+            }
+        }
+        v
+    }
+
+    /// Rebuilds from [`Packed4::tensors`] (`get(name)` returns the tensor stored under `{key}{name}`).
+    pub fn from_tensors(
+        kind: FourBit,
+        numel: i64,
+        block: i64,
+        get: &mut dyn FnMut(&str) -> Option<Tensor>,
+    ) -> Result<Self, String> {
+        let mut need = |n: &str| get(n).ok_or_else(|| format!("missing tensor `{n}`"));
+        let packed = need("")?.reshape([-1]);
+        if packed.kind() != Kind::Uint8 || packed.numel() as i64 != (numel + 1) / 2 {
+            return Err(format!(
+                "packed weight is {:?} with {} bytes, expected uint8 with {}",
+                packed.kind(),
+                packed.numel(),
+                (numel + 1) / 2
+            ));
+        }
+        let quant_map = need(".quant_map")?.to_kind(Kind::Float);
+        let absmax = need(".absmax")?;
+        let nblocks = (numel + block - 1) / block;
+        if absmax.numel() as i64 != nblocks {
+            return Err(format!(
+                "absmax has {} values, expected {nblocks} (block size {block})",
+                absmax.numel()
+            ));
+        }
+        let absmax = if absmax.kind() == Kind::Uint8 {
+            let nested = need(".nested_absmax")?.to_kind(Kind::Float);
+            let code = need(".nested_quant_map")?.to_kind(Kind::Float);
+            let offset = need(".nested_offset")?.to_kind(Kind::Float).squeeze();
+            Absmax::Double {
+                q: Blockwise8 {
+                    codes: absmax,
+                    absmax: nested,
+                    code,
+                    block_size: DOUBLE_QUANT_BLOCK_SIZE,
+                },
+                offset,
+            }
+        } else {
+            Absmax::Plain(absmax.to_kind(Kind::Float))
+        };
+        Ok(Packed4 {
+            kind,
+            packed,
+            absmax,
+            quant_map,
+            block_size: block,
+            numel,
+        })
+    }
+
+    /// Bytes held: packed codes + absmax state + maps.
+    pub fn resident_bytes(&self) -> usize {
+        self.tensors("")
+            .iter()
+            .map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes())
+            .sum()
+    }
+}

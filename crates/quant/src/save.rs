@@ -1,0 +1,160 @@
+//! Writing a pre-quantized checkpoint: `model.safetensors` (or shards + index) holding the dense tensors in
+//! their dtype and each quantized projection's tensors (bitsandbytes' names: `weight`, `weight.absmax`,
+//! `weight.quant_map`, `weight.nested_*`, `SCB`, ...), `config.json` with a transformers-style
+//! `quantization_config`, `generation_config.json`, and the tokenizer files of the source directory; all in a
+//! temporary directory committed in one rename.
+
+use crate::format::{quant_kernel, QuantSpec};
+use crate::QuantError;
+use ferrotune_core::DType;
+use ferrotune_model::safetensors_io::write_safetensors;
+use ferrotune_model::{dtype_of, kind_of, LlamaForCausalLM};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Tensor;
+
+/// Files copied from a source model directory next to the weights (tokenizer and chat template).
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+];
+
+/// Every tensor of a (partly) quantized model under its checkpoint key: dense parameters (converted to
+/// `dtype` when given) and the stored tensors of each quantized projection.
+pub fn quantized_state_dict(
+    model: &LlamaForCausalLM,
+    dtype: Option<DType>,
+) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(k, t)| {
+            let t = t.detach();
+            match dtype {
+                Some(d) => (k, t.to_kind(kind_of(d))),
+                None => (k, t),
+            }
+        })
+        .collect();
+    for (i, layer) in model.model.layers.iter().enumerate() {
+        for (name, lin) in layer.projections() {
+            if let Some(k) = quant_kernel(&lin.weight) {
+                out.extend(k.tensors(&format!("model.layers.{i}.{name}")));
+            }
+        }
+    }
+    out
+}
+
+/// Writes `model` (quantized by `spec`) to `dir`, replacing it atomically; dense tensors in `dtype` (`None`:
+/// as held). Tokenizer files are copied from `side_files_from` when given.
+pub fn save_quantized(
+    model: &LlamaForCausalLM,
+    spec: &QuantSpec,
+    dir: &Path,
+    dtype: Option<DType>,
+    side_files_from: Option<&Path>,
+    max_shard_size: u64,
+) -> Result<(), QuantError> {
+    let tensors = quantized_state_dict(model, dtype);
+    let dtype = dtype
+        .or_else(|| {
+            model
+                .named_parameters()
+                .first()
+                .and_then(|(_, t)| dtype_of(t.kind()))
+        })
+        .unwrap_or(DType::F32);
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+    let (mut cur, mut total) = (0u64, 0u64);
+    for (k, t) in tensors {
+        let n = (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        if cur > 0 && cur + n > max_shard_size {
+            shards.push(vec![]);
+            cur = 0;
+        }
+        cur += n;
+        total += n;
+        shards.last_mut().expect("a shard").push((k, t));
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| QuantError::io(parent, e))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| QuantError::io(&tmp, e))?;
+    let result = (|| -> Result<(), QuantError> {
+        let n = shards.len();
+        let mut weight_map = BTreeMap::new();
+        let method = spec.method_name();
+        for (i, shard) in shards.into_iter().enumerate() {
+            let file = if n == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+            };
+            for (k, _) in &shard {
+                weight_map.insert(k.clone(), Value::from(file.clone()));
+            }
+            write_safetensors(
+                &tmp.join(&file),
+                &shard,
+                &[("format", "pt"), ("quant_method", method)],
+            )?;
+        }
+        if n > 1 {
+            let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            write_json(&tmp.join("model.safetensors.index.json"), &index)?;
+        }
+        if let Some(src) = side_files_from {
+            for f in SIDE_FILES {
+                let p = src.join(f);
+                if p.is_file() {
+                    std::fs::copy(&p, tmp.join(f)).map_err(|e| QuantError::io(&p, e))?;
+                }
+            }
+        }
+        let mut cfg = model.config.clone();
+        cfg.torch_dtype = Some(dtype);
+        let mut v = cfg.to_json();
+        v["quantization_config"] = spec.to_hf_config();
+        write_json(&tmp.join("config.json"), &v)?;
+        if !tmp.join("generation_config.json").is_file() {
+            let mut gen = json!({"_from_model_config": true});
+            if let Some(b) = cfg.bos_token_id {
+                gen["bos_token_id"] = json!(b);
+            }
+            match cfg.eos_token_id.as_slice() {
+                [] => {}
+                [one] => gen["eos_token_id"] = json!(one),
+                many => gen["eos_token_id"] = json!(many),
+            }
+            write_json(&tmp.join("generation_config.json"), &gen)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    ferrotune_core::fsutil::commit_dir(&tmp, dir)?;
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<(), QuantError> {
+    let s = serde_json::to_string_pretty(v).expect("JSON");
+    ferrotune_core::write_atomic(path, s.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The distributed fine-tuning recipe (`WORLD_SIZE > 1`, or resuming a sharded checkpoint), top to bottom.
+//! It is the single-device loop of [`crate::finetune`] with the ranks sharing the work:
+//!
+//! 1. connect the process group; rank 0 prepares the output directory and writes `resolved_config.toml`;
+//! 2. load the model, then hand its trainable (and, for FULL_SHARD, frozen) tensors to the sharding
+//!    [`Engine`] of `parallel.strategy`; restore a checkpoint (sharded: re-sharded for this world size);
+//! 3. every optimizer step: each rank takes its share of the next `gradient_accumulation_steps` global
+//!    micro-batches ([`crate::parallel::rank_epoch_batches`]); the trained-token count of the whole
+//!    global window is summed over ranks first, so `Σ CE / N_global` summed over ranks is exactly the
+//!    single-process loss; gradients are reduced (all-reduce / reduce-scatter), clipped by the global
+//!    norm, and AdamW steps on what this rank owns;
+//! 4. rank 0 logs and evaluates; checkpoints are collective ([`crate::sharded_ckpt`]); rank 0 writes the
+//!    final weights.
+//!
+//! With the same global batch the sample stream, losses and weights are the single process's (fp32; up
+//! to summation order). LoRA dropout masks are drawn per rank, so with `lora_dropout > 0` a distributed
+//! run is a different (equally valid) draw.
+
+use crate::batches::HostBatch;
+use crate::checkpoint::{self, SamplerPosition, SchedulerState, TrainerState};
+use crate::engine::Engine;
+use crate::error::TrainError;
+use crate::eval::{evaluate, EvalMetrics};
+use crate::finetune::{RunSummary, TrainData};
+use crate::metrics::{peak_rss_mib, MetricsLog, MetricsRecord};
+use crate::model_setup::{self, TrainModel};
+use crate::optim::AdamWConfig;
+use crate::parallel::{rank_epoch_batches, Dist};
+use crate::progress::TrainProgress;
+use crate::scheduler::LrSchedule;
+use crate::sharded_ckpt::{self, SaveArgs};
+use crate::{fsdp, interrupt};
+use ferrotune_core::train_config::{CheckpointType, ShardingStrategy, Stage, TrainConfig};
+use ferrotune_core::RunDir;
+use ferrotune_dist::RankEnv;
+
+/// The strategy this job runs: HYBRID_SHARD on a single node is FULL_SHARD.
+fn effective_strategy(cfg: &TrainConfig, env: &RankEnv) -> Result<ShardingStrategy, TrainError> {
+    match cfg.parallel.strategy {
+        ShardingStrategy::HybridShard if env.local_world_size >= env.world_size => {
+            tracing::info!("HYBRID_SHARD on one node: running FULL_SHARD");
+            Ok(ShardingStrategy::FullShard)
+        }
+        ShardingStrategy::HybridShard => Err(TrainError::Config(
+            "parallel.strategy = HYBRID_SHARD across several nodes is not supported yet (use FULL_SHARD)"
+                .into(),
+        )),
+        s => Ok(s),
+    }
+}
+
+/// Runs the recipe of `cfg` as one rank of the job described by `env`.
+pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummary, TrainError> {
+    cfg.validate().map_err(TrainError::Config)?;
+    if cfg.fp16 {
+        return Err(TrainError::Config(
+            "fp16 with dynamic loss scaling is single-process only; use bf16 or pure_bf16 with parallel.strategy".into(),
+        ));
+    }
+    if let Some(n) = cfg.num_threads {
+        tch::set_num_threads(n as i32);
+    }
+    if data.train.is_empty() {
+        return Err(TrainError::Data("the training split is empty".into()));
+    }
+    let strategy = effective_strategy(cfg, &env)?;
+    // One GPU per process, as torchrun: a CUDA device means `cuda:LOCAL_RANK` in a distributed run.
+    let device = match ferrotune_model::resolve_device(cfg.device) {
+        tch::Device::Cuda(_) => tch::Device::Cuda(env.local_rank),
+        d => d,
+    };
+    let dist = Dist::connect(cfg, env, device)?;
+    let (rank, world) = (dist.rank(), dist.world());
+    let run_dir = RunDir::new(&cfg.output_dir);
+    if dist.is_main() {
+        crate::finetune::prepare_output_dir(cfg, &run_dir)?;
+        let text = ferrotune_core::config::to_toml(cfg)
+            .map_err(|e| TrainError::Config(format!("serializing the resolved config: {e}")))?;
+        ferrotune_core::write_atomic(run_dir.resolved_config(), text.as_bytes())?;
+    }
+    dist.barrier()?;
+    let resume = checkpoint::resolve_resume(&run_dir, cfg.resume_from_checkpoint.as_deref())?;
+    let saved_dist = resume.as_deref().and_then(sharded_ckpt::read_dist_state);
+    let sharded_resume = saved_dist
+        .as_ref()
+        .is_some_and(|s| s.checkpoint_type == CheckpointType::ShardedStateDict);
+
+    // --- model, engine, schedule ---
+    let tm = model_setup::setup(
+        cfg,
+        device,
+        data.tokenizer_vocab,
+        if sharded_resume {
+            None
+        } else {
+            resume.as_deref()
+        },
+    )?;
+    let (n_trainable, n_total) = tm.parameter_counts();
+    let adam = AdamWConfig {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_epsilon,
+        weight_decay: cfg.weight_decay,
+    };
+    let mut engine = Engine::new(&tm, strategy, &dist, adam, cfg.parallel.bucket_cap_mb)?;
+    let resident = engine.resident_bytes(&tm);
+    tracing::info!(
+        rank,
+        world,
+        strategy = ?strategy,
+        trainable = n_trainable,
+        total = n_total,
+        resident_param_optimizer_bytes = resident,
+        "sharded"
+    );
+    let bs = cfg.per_device_train_batch_size;
+    let ga = cfg.gradient_accumulation_steps;
+    let global_mb = bs * world;
+    let micro_per_epoch = data.train.len().div_ceil(global_mb) as u64;
+    let steps_per_epoch = micro_per_epoch.div_ceil(ga as u64).max(1);
+    let total_steps = cfg
+        .max_steps
+        .unwrap_or_else(|| (cfg.num_train_epochs * steps_per_epoch as f64).ceil() as u64);
+    let schedule = LrSchedule {
+        kind: cfg.lr_scheduler_type,
+        base_lr: cfg.learning_rate,
+        warmup_steps: LrSchedule::warmup_from(cfg.warmup_steps, cfg.warmup_ratio, total_steps),
+        total_steps,
+        steps_per_epoch,
+        gamma: cfg.gamma,
+    };
+
+    // --- state (fresh or resumed) ---
+    let mut state = TrainerState {
+        max_steps: total_steps,
+        seed: cfg.seed,
+        finetuning_type: format!("{:?}", cfg.finetuning_type).to_lowercase(),
+        stage: format!("{:?}", cfg.stage).to_lowercase(),
+        ferrotune_version: ferrotune_core::VERSION.into(),
+        ..Default::default()
+    };
+    if let Some(dir) = &resume {
+        let saved = checkpoint::load_state(dir)?;
+        sharded_ckpt::load(dir, &mut engine)?;
+        engine.step = saved.optimizer_step;
+        // The sampler position counts global micro-batches of the saving run.
+        let old_mb = saved_dist
+            .as_ref()
+            .map_or(global_mb, |d| d.global_micro_batch);
+        let samples = saved.sampler.batches_consumed as usize * old_mb;
+        if !samples.is_multiple_of(global_mb) {
+            return Err(TrainError::Config(format!(
+                "checkpoint {} stopped after {samples} samples of epoch {}, which is not a whole number of this run's global micro-batches ({global_mb} = world {world} × per_device_train_batch_size {bs})",
+                dir.display(),
+                saved.sampler.epoch
+            )));
+        }
+        state = TrainerState {
+            max_steps: total_steps,
+            sampler: SamplerPosition {
+                epoch: saved.sampler.epoch,
+                batches_consumed: (samples / global_mb) as u64,
+            },
+            ..saved
+        };
+        tracing::info!(checkpoint = %dir.display(), step = state.global_step, "resuming");
+    }
+    let mut metrics = if dist.is_main() {
+        Some(MetricsLog::open(
+            &run_dir.metrics(),
+            resume.as_ref().map(|_| state.global_step),
+        )?)
+    } else {
+        None
+    };
+
+    // --- the loop ---
+    interrupt::install();
+    let shuffle = cfg.stage == Stage::Sft || !cfg.packing;
+    let mut progress = TrainProgress::new(
+        if dist.is_main() { total_steps } else { 0 },
+        state.global_step,
+    );
+    let mut losses = Vec::new();
+    let mut window_losses = Vec::new();
+    let mut last_grad_norm = 0.0;
+    let mut interrupted = false;
+    let mut epoch_cache: Option<(u64, Vec<HostBatch>)> = None;
+    tm.model.set_training(true);
+    while state.global_step < total_steps {
+        let pos = state.sampler;
+        if epoch_cache.as_ref().map(|c| c.0) != Some(pos.epoch) {
+            let b = rank_epoch_batches(
+                &data.train,
+                bs,
+                cfg.seed,
+                pos.epoch,
+                shuffle,
+                data.pad_id,
+                rank,
+                world,
+            );
+            epoch_cache = Some((pos.epoch, b));
+        }
+        let batches = &epoch_cache.as_ref().expect("set above").1;
+        let start = pos.batches_consumed as usize;
+        if start >= batches.len() {
+            state.sampler = SamplerPosition {
+                epoch: pos.epoch + 1,
+                batches_consumed: 0,
+            };
+            continue;
+        }
+        let window = &batches[start..(start + ga).min(batches.len())];
+        let step = state.global_step;
+        let lr = schedule.lr(step);
+        tch::manual_seed((cfg.seed.wrapping_add(step)) as i64);
+
+        // Σ CE / N_global on every rank: the ranks' losses add up to the single-process loss.
+        let n_local: u64 = window.iter().map(HostBatch::trained_tokens).sum();
+        let n_global = dist.sum_f64(&[n_local as f64])?[0] as u64;
+        let denom = n_global.max(1) as f64;
+        let mut local_loss = 0.0;
+        for mb in window {
+            let (ids, pos_ids, mask, labels) = mb.to_tensors(tm.device);
+            let mut loss_fn = |logits: &tch::Tensor| {
+                let (sum, _) = ferrotune_model::shifted_ce_sum(logits, &labels);
+                sum / denom
+            };
+            local_loss += if engine.fully_sharded() {
+                fsdp::forward_backward(
+                    &mut engine,
+                    &dist,
+                    &tm,
+                    (&ids, &pos_ids, &mask),
+                    &mut loss_fn,
+                )?
+            } else {
+                tm.model
+                    .forward_backward(&ids, &pos_ids, &mask, &mut loss_fn)
+                    .double_value(&[])
+            };
+            progress.add_tokens(mb.input_tokens());
+        }
+        let step_loss = dist.sum_f64(&[local_loss])?[0];
+
+        if !step_loss.is_finite() {
+            engine.discard_gradients();
+            state.skipped_steps += 1;
+            state.nonfinite_in_a_row += 1;
+            tracing::warn!(step, loss = step_loss, "non-finite loss: step skipped");
+            if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps {
+                return Err(TrainError::NonFinite {
+                    count: state.nonfinite_in_a_row,
+                    step,
+                });
+            }
+        } else {
+            state.nonfinite_in_a_row = 0;
+            engine.reduce_gradients(&dist)?;
+            last_grad_norm = engine.clip(&dist, cfg.max_grad_norm)?;
+            engine.step(&dist, lr)?;
+            losses.push(step_loss);
+            window_losses.push(step_loss);
+        }
+        state.optimizer_step = engine.step;
+        state.global_step += 1;
+        state.trained_tokens += n_global;
+        state.sampler.batches_consumed += window.len() as u64;
+        state.epoch =
+            pos.epoch as f64 + state.sampler.batches_consumed as f64 / batches.len() as f64;
+        let gs = state.global_step;
+        let last = gs == total_steps;
+
+        if gs.is_multiple_of(cfg.logging_steps.max(1)) || last {
+            let rate = progress.take_window_rate() * world as f64;
+            let mean = window_losses.iter().sum::<f64>() / window_losses.len().max(1) as f64;
+            window_losses.clear();
+            if let Some(m) = metrics.as_mut() {
+                m.append(&MetricsRecord {
+                    step: gs,
+                    epoch: state.epoch,
+                    loss: Some(mean),
+                    lr: Some(lr),
+                    grad_norm: Some(last_grad_norm),
+                    tokens_per_second: Some(rate),
+                    peak_memory_mib: peak_rss_mib(),
+                    skipped_steps: Some(state.skipped_steps),
+                    ..Default::default()
+                })?;
+            }
+            progress.update(gs, mean, lr, rate);
+        } else {
+            progress.update(gs, step_loss, lr, progress.overall_rate() * world as f64);
+        }
+        if cfg.eval_steps > 0 && gs.is_multiple_of(cfg.eval_steps) && !last {
+            eval_all(cfg, &data, &engine, &tm, &dist, &state, metrics.as_mut())?;
+        }
+        interrupted = dist.sum_f64(&[f64::from(u8::from(interrupt::requested()))])?[0] > 0.0;
+        if (cfg.save_steps > 0 && gs.is_multiple_of(cfg.save_steps)) || last || interrupted {
+            let sched = SchedulerState {
+                kind: format!("{:?}", schedule.kind).to_lowercase(),
+                base_lr: schedule.base_lr,
+                warmup_steps: schedule.warmup_steps,
+                total_steps: schedule.total_steps,
+                last_step: gs,
+                last_lr: lr,
+            };
+            let args = SaveArgs {
+                cfg,
+                run: &run_dir,
+                state: &state,
+                scheduler: &sched,
+                global_micro_batch: global_mb,
+            };
+            let dir = sharded_ckpt::save(&args, &engine, &tm, &dist)?;
+            tracing::info!(dir = %dir.display(), "checkpoint saved");
+        }
+        if interrupted {
+            tracing::warn!(step = gs, "interrupted: checkpoint saved, stopping");
+            break;
+        }
+    }
+    progress.finish();
+
+    // --- the end: evaluation and final weights (gathered; rank 0 writes) ---
+    let final_eval = if interrupted {
+        None
+    } else {
+        let m = eval_all(cfg, &data, &engine, &tm, &dist, &state, metrics.as_mut())?;
+        engine.gather_all(&dist)?;
+        let written = if dist.is_main() {
+            tm.save_weights(cfg, run_dir.root()).and_then(|()| {
+                checkpoint::save_trainer_state(&run_dir, &state).map_err(TrainError::from)
+            })
+        } else {
+            Ok(())
+        };
+        engine.release_all();
+        written?;
+        dist.barrier()?;
+        m
+    };
+    if cfg.plot_loss && dist.is_main() {
+        let records = crate::metrics::read_records(&run_dir.metrics())?;
+        if let Err(e) = crate::plot::plot_losses(&records, run_dir.root()) {
+            tracing::warn!("{e}");
+        }
+    }
+    let tokens = dist.sum_f64(&[progress.tokens() as f64])?[0];
+    Ok(RunSummary {
+        output_dir: cfg.output_dir.clone(),
+        global_step: state.global_step,
+        total_steps,
+        losses,
+        initial_eval: None,
+        final_eval,
+        skipped_steps: state.skipped_steps,
+        train_seconds: progress.elapsed_secs(),
+        tokens_per_second: tokens / progress.elapsed_secs().max(1e-9),
+        peak_memory_mib: peak_rss_mib(),
+        interrupted,
+        resumed_from: resume,
+    })
+}
+
+/// Evaluates on rank 0 with the full model gathered (FULL_SHARD); the others wait.
+fn eval_all(
+    cfg: &TrainConfig,
+    data: &TrainData,
+    engine: &Engine,
+    tm: &TrainModel,
+    dist: &Dist,
+    state: &TrainerState,
+    metrics: Option<&mut MetricsLog>,
+) -> Result<Option<EvalMetrics>, TrainError> {
+    if data.val.is_empty() {
+        return Ok(None);
+    }
+    engine.gather_all(dist)?;
+    let m = if dist.is_main() {
+        evaluate(
+            &tm.model,
+            &data.val,
+            cfg.per_device_eval_batch_size,
+            data.pad_id,
+            tm.device,
+        )
+    } else {
+        None
+    };
+    engine.release_all();
+    dist.barrier()?;
+    if let (Some(m), Some(log)) = (&m, metrics) {
+        tracing::info!(step = state.global_step, eval_loss = m.loss, "eval");
+        log.append(&MetricsRecord {
+            step: state.global_step,
+            epoch: state.epoch,
+            eval_loss: Some(m.loss),
+            eval_perplexity: Some(m.perplexity),
+            eval_accuracy: Some(m.accuracy),
+            ..Default::default()
+        })?;
+    }
+    tm.model.set_training(true);
+    Ok(m)
+}

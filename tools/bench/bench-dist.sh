@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Distributed-training benchmark on CPU (Gloo): full fine-tuning of a small random Llama (4 layers, dim 256,
+# 8 heads, intermediate 640, vocab 32000, seq 256, per-rank batch 2, AdamW, fp32).
+#  * throughput: world 1 (1 thread) vs world 2 NO_SHARD and FULL_SHARD (1 thread per rank, same per-rank
+#    batch, so the global batch doubles): per-rank efficiency = tokens/s(world 2) / (2 × tokens/s(world 1));
+#  * memory: the parameter + optimizer bytes each rank holds between steps (counted by the trainer over the
+#    tensors it owns, logged as `resident_param_optimizer_bytes`) and each rank's peak RSS, NO_SHARD vs
+#    FULL_SHARD.
+# Workers are started directly with the torchrun environment (what `ferrotune launch` sets).
+#   tools/bench/bench-dist.sh [STEPS]      (run through tools/with-torch, after `just build`)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+steps=${1:-8}
+warm=2
+bin=${FERROTUNE_BIN:-target/release/ferrotune}
+py=${FERROTUNE_PYTHON:-$HOME/.cache/ferrotune/torch-2.11.0/bin/python}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+mkdir -p "$work/model" "$work/data"
+for _ in $(seq 16); do cat datasets/demo_corpus.txt; done > "$work/data/corpus.txt"
+echo '{"corpus": {"file_name": "corpus.txt", "columns": {"prompt": "text"}}}' > "$work/data/dataset_info.json"
+"$bin" -q train-tokenizer --input datasets/demo_corpus.txt --vocab-size 1000 --out "$work/model/tokenizer.model"
+cat > "$work/model/config.json" <<JSON
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000, "hidden_size": 256,
+ "intermediate_size": 640, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8,
+ "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "bos_token_id": 1, "eos_token_id": 2,
+ "tie_word_embeddings": false}
+JSON
+cat > "$work/bench.toml" <<TOML
+model_name_or_path = "$work/model"
+train_from_scratch = true
+stage = "pt"
+finetuning_type = "full"
+dataset = "corpus"
+dataset_dir = "$work/data"
+cutoff_len = 256
+packing = true
+per_device_train_batch_size = 2
+learning_rate = 1e-4
+max_steps = $((steps + warm))
+lr_scheduler_type = "constant"
+logging_steps = 1
+save_steps = 0
+device = "cpu"
+num_threads = 1
+TOML
+# prepare the data cache once per output dir (rank 0 alone would race with rank 1 otherwise)
+run() { # name world strategy
+  local name=$1 world=$2 strategy=$3 port=$((29600 + RANDOM % 1000))
+  local out="$work/$name"
+  mkdir -p "$out"
+  for r in $(seq 0 $((world - 1))); do
+    RANK=$r WORLD_SIZE=$world LOCAL_RANK=$r LOCAL_WORLD_SIZE=$world MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+      OMP_NUM_THREADS=1 "$bin" train "$work/bench.toml" --json --set "output_dir=\"$out\"" \
+      --set "parallel.strategy=\"$strategy\"" > "$out/summary-$r.json" 2> "$out/log-$r.txt" &
+  done
+  wait
+}
+# data cache first (tokenizes once; later runs reuse it)
+"$bin" -q train "$work/bench.toml" --set "output_dir=\"$work/prep\"" --set max_steps=1 > /dev/null
+for d in w1 ddp fsdp; do mkdir -p "$work/$d"; cp -r "$work/prep/.data_cache" "$work/$d/"; done
+run w1 1 NO_SHARD
+run ddp 2 NO_SHARD
+run fsdp 2 FULL_SHARD
+"$py" - "$work" "$warm" <<'PY'
+import json, re, sys, glob
+work, warm = sys.argv[1], int(sys.argv[2])
+def rate(name):
+    recs = [json.loads(l) for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
+    rs = [r["tokens_per_second"] for r in recs[warm:]]
+    return len(rs) / sum(1.0 / r for r in rs)
+def resident(name):
+    out = []
+    for f in sorted(glob.glob(f"{work}/{name}/log-*.txt")):
+        m = re.search(r"resident_param_optimizer_bytes=(\d+)", open(f).read())
+        out.append(int(m.group(1)) if m else None)
+    return out
+def rss(name):
+    return [json.load(open(f))["peak_memory_mib"] for f in sorted(glob.glob(f"{work}/{name}/summary-*.json"))]
+w1, ddp, fsdp = rate("w1"), rate("ddp"), rate("fsdp")
+print(f"world 1 (1 thread)          {w1:8.0f} tokens/s")
+print(f"world 2 NO_SHARD (1+1)      {ddp:8.0f} tokens/s   per-rank efficiency {ddp / (2 * w1):.2f}")
+print(f"world 2 FULL_SHARD (1+1)    {fsdp:8.0f} tokens/s   per-rank efficiency {fsdp / (2 * w1):.2f}")
+for n in ["w1", "ddp", "fsdp"]:
+    print(f"{n:5s} resident param+optimizer bytes per rank {resident(n)}  peak RSS MiB per rank {rss(n)}")
+rd, rf = resident("ddp"), resident("fsdp")
+if all(rd) and all(rf):
+    print(f"FULL_SHARD / NO_SHARD resident bytes per rank: {max(rf) / max(rd):.3f} (1/world = 0.5)")
+PY
