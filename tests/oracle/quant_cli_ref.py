@@ -5,7 +5,8 @@ each variant (ids from Google's sentencepiece with BOS prepended; fp32 compute).
 
 usage: quant_cli_ref.py OUT_DIR VARIANT...      (VARIANT: fp32, nf4, nf4-dq, fp4, fp4-dq, int8, int8-t<x>)
 writes OUT_DIR/model (HF checkpoint + tokenizer.model), OUT_DIR/text.txt and
-OUT_DIR/ref.json: {"lines": [{"ids": [...], "<variant>": [logprob...], ...}]}
+OUT_DIR/ref.json: {"lines": [{"ids": [...], "<variant>": [logprob...], ...}]} (the first line also holds
+"greedy_<variant>": the ids of a 12-token greedy continuation)
 """
 import copy
 import json
@@ -70,6 +71,12 @@ def main():
         m = dequantized(model, v)
         for r in refs:
             r[v] = logprobs(m, r["ids"])
+        # greedy continuation (12 tokens, full forwards, no cache) of the first line, for `ferrotune generate`
+        seq = torch.tensor([refs[0]["ids"]])
+        with torch.no_grad():
+            for _ in range(12):
+                seq = torch.cat([seq, m(input_ids=seq).logits[0, -1].argmax().view(1, 1)], dim=1)
+        refs[0]["greedy_" + v] = seq[0, len(refs[0]["ids"]):].tolist()
     json.dump({"lines": refs}, open(os.path.join(out, "ref.json"), "w"))
     print("ok")
 

@@ -59,6 +59,26 @@ fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], tol: f64, what: &str) {
     }
 }
 
+/// `ferrotune generate` (greedy, 12 tokens) of the first text line on a (quantized) model directory.
+fn greedy(model: &Path, prompt: &str) -> Value {
+    let out = ferrotune(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
+    serde_json::from_str::<Value>(out.lines().next().unwrap()).unwrap()["token_ids"].clone()
+}
+
 fn reference(want: &Value, variant: &str) -> Vec<Vec<f64>> {
     want["lines"]
         .as_array()
@@ -120,6 +140,13 @@ fn quantized_checkpoints_score_like_transformers_with_bitsandbytes_dequantized_w
         .iter()
         .zip(&reference(&want, "fp32")[0])
         .any(|(a, b)| (a - b).abs() > 1e-3));
+    // Generation on the pre-quantized base (the infer crate loads it through the quant loader).
+    let first = "the lazy fox jumps over seven frogs";
+    assert_eq!(
+        greedy(&nf4, first),
+        want["lines"][0]["greedy_nf4-dq"],
+        "nf4 greedy"
+    );
     // Quantizing at load gives the pre-quantized checkpoint's numbers.
     let at_load = eval_logprobs(&model, &text, &["--quantization-bit", "4"]);
     assert_close(&at_load, &pre, 1e-6, "--quantization-bit 4");
@@ -138,6 +165,11 @@ fn quantized_checkpoints_score_like_transformers_with_bitsandbytes_dequantized_w
     ]);
     let q8 = eval_logprobs(&int8, &text, &[]);
     assert_close(&q8, &reference(&want, "int8"), 1e-4, "int8");
+    assert_eq!(
+        greedy(&int8, first),
+        want["lines"][0]["greedy_int8"],
+        "int8 greedy"
+    );
     assert_close(
         &eval_logprobs(&model, &text, &["--quantization-bit", "8"]),
         &q8,
