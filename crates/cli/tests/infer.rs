@@ -164,3 +164,63 @@ fn openai_client_gets_streamed_and_plain_chat_from_serve() {
         .starts_with("text/plain"));
     assert_eq!(r["stream_body"].as_str().unwrap(), format!("{chat}[stop]"));
 }
+
+/// `ferrotune chat`: Ctrl-C (SIGINT) while an answer streams stops that answer — "[stopped]" — and the
+/// REPL goes on: the next command (`/exit`) is read and the program exits 0.
+#[test]
+fn chat_ctrl_c_stops_the_answer_not_the_program() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let test = "chat_ctrl_c_stops_the_answer_not_the_program";
+    let Some(tok) = fixture_or_skip(test, "tokenizers/llama2-tokenizer.model") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    // A random 4-layer Llama with a 32000 vocabulary: an answer of 2000 tokens takes seconds.
+    let py = ferrotune_core::testkit::oracle_python();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let st = std::process::Command::new(py)
+        .arg(root.join("tools/bench/infer_make_model.py"))
+        .arg(&model)
+        .arg(&tok)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let mut child = std::process::Command::new(bin())
+        .args(["chat", "--device", "cpu", "--threads", "1", "--ignore-eos"])
+        .args(["--max-new-tokens", "1900", "--model"])
+        .arg(&model)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"Tell me a long story\n").unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap(); // the answer is streaming
+    let t0 = std::time::Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    stdin.write_all(b"/exit\n").unwrap();
+    drop(stdin);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "chat exited with {:?}: {err}",
+        out.status
+    );
+    assert!(err.contains("[stopped]"), "{err}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "the answer was not stopped at once"
+    );
+}
