@@ -23,7 +23,7 @@ use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::progress::TrainProgress;
 use crate::scheduler::LrSchedule;
 use crate::{interrupt, plot};
-use ferrotune_core::train_config::{Stage, TrainConfig};
+use ferrotune_core::train_config::{FinetuningType, Stage, TrainConfig};
 use ferrotune_core::RunDir;
 use std::path::PathBuf;
 
@@ -83,7 +83,7 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
     ferrotune_core::write_atomic(run_dir.resolved_config(), text.as_bytes())?;
 
     // --- model, optimizer, schedule ---
-    let tm = model_setup::setup(cfg, device, data.tokenizer_vocab, resume.as_deref())?;
+    let mut tm = model_setup::setup(cfg, device, data.tokenizer_vocab, resume.as_deref())?;
     let (n_trainable, n_total) = tm.parameter_counts();
     tracing::info!(
         trainable = n_trainable,
@@ -91,15 +91,25 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
         percent = format!("{:.4}", 100.0 * n_trainable as f64 / n_total.max(1) as f64),
         "parameters"
     );
-    let mut opt = AdamW::new(
-        tm.trainable(),
-        AdamWConfig {
-            beta1: cfg.adam_beta1,
-            beta2: cfg.adam_beta2,
-            eps: cfg.adam_epsilon,
-            weight_decay: cfg.weight_decay,
-        },
-    );
+    let adamw = AdamWConfig {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_epsilon,
+        weight_decay: cfg.weight_decay,
+    };
+    // bf16 mixed precision for full / freeze: fp32 master weights in AdamW (taken now, from the fp32
+    // weights), the model computing in bf16. (LoRA's bf16 is a bf16 frozen base with fp32 adapters.)
+    let bf16_master = cfg.bf16 && cfg.finetuning_type != FinetuningType::Lora;
+    let mut opt = if bf16_master {
+        let opt = AdamW::with_fp32_master(tm.trainable(), adamw);
+        tm._vs.set_kind(tch::Kind::BFloat16);
+        tracing::info!(
+            "bf16 mixed precision: bf16 weights for compute, fp32 master weights in AdamW"
+        );
+        opt
+    } else {
+        AdamW::new(tm.trainable(), adamw)
+    };
     let bs = cfg.per_device_train_batch_size;
     let ga = cfg.gradient_accumulation_steps;
     let micro_per_epoch = data.train.len().div_ceil(bs) as u64;

@@ -4,6 +4,11 @@
 //! Per parameter and step `t` (decoupled weight decay, Loshchilov & Hutter):
 //! `p *= 1 - lr*wd; m.lerp_(g, 1-b1); v = v*b2 + (1-b2)*g*g;
 //!  p.addcdiv_(m, sqrt(v)/sqrt(1-b2^t) + eps, value = -lr/(1-b1^t))`.
+//!
+//! Mixed precision ([`AdamW::with_fp32_master`]): the model computes with bf16 weights while the optimizer
+//! keeps an fp32 master copy of each; the update above runs on the master with the gradient cast to fp32,
+//! and the bf16 weight is then set to the rounded master. The masters are part of the saved state
+//! (`master.<param>`), so a resumed run continues exactly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,6 +46,8 @@ pub struct AdamW {
     pub cfg: AdamWConfig,
     params: Vec<(String, Tensor)>,
     slots: Vec<Slot>,
+    /// fp32 master weights (mixed precision), one per parameter.
+    master: Option<Vec<Tensor>>,
     step: u64,
 }
 
@@ -58,6 +65,30 @@ impl AdamW {
             cfg,
             params,
             slots,
+            master: None,
+            step: 0,
+        }
+    }
+
+    /// An optimizer that keeps fp32 master weights (and fp32 moments), copied from `params` now — so call
+    /// it while the weights are still fp32, before the model is cast to its compute dtype.
+    pub fn with_fp32_master(params: Vec<(String, Tensor)>, cfg: AdamWConfig) -> Self {
+        let master: Vec<Tensor> = params
+            .iter()
+            .map(|(_, p)| p.detach().to_kind(tch::Kind::Float).copy())
+            .collect();
+        let slots = master
+            .iter()
+            .map(|m| Slot {
+                exp_avg: m.zeros_like(),
+                exp_avg_sq: m.zeros_like(),
+            })
+            .collect();
+        AdamW {
+            cfg,
+            params,
+            slots,
+            master: Some(master),
             step: 0,
         }
     }
@@ -98,11 +129,16 @@ impl AdamW {
         let step_size = lr / bias_correction1;
         let bias_correction2_sqrt = bias_correction2.powf(0.5);
         tch::no_grad(|| {
-            for ((_, p), slot) in self.params.iter_mut().zip(&mut self.slots) {
+            for (i, ((_, p), slot)) in self.params.iter_mut().zip(&mut self.slots).enumerate() {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
+                // With fp32 masters the update runs on the master; the weight then takes its rounding.
+                let (mut p, g, weight) = match &self.master {
+                    Some(m) => (m[i].shallow_clone(), g.to_kind(tch::Kind::Float), Some(p)),
+                    None => (p.shallow_clone(), g, None),
+                };
                 if weight_decay != 0.0 {
                     let _ = p.f_mul_scalar_(1.0 - lr * weight_decay);
                 }
@@ -113,6 +149,9 @@ impl AdamW {
                 let _ = slot.exp_avg_sq.addcmul_(&g, &(&g * (1.0 - beta2)));
                 let denom = (slot.exp_avg_sq.sqrt() / bias_correction2_sqrt) + eps;
                 let _ = p.addcdiv_(&(&slot.exp_avg * (-step_size)), &denom);
+                if let Some(w) = weight {
+                    let _ = w.copy_(&p);
+                }
             }
         });
     }
@@ -120,12 +159,15 @@ impl AdamW {
     /// The state as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`) plus the step count.
     pub fn state_tensors(&self) -> (Vec<(String, Tensor)>, u64) {
         let mut out = Vec::with_capacity(self.params.len() * 2);
-        for ((name, _), slot) in self.params.iter().zip(&self.slots) {
+        for (i, ((name, _), slot)) in self.params.iter().zip(&self.slots).enumerate() {
             out.push((format!("exp_avg.{name}"), slot.exp_avg.shallow_clone()));
             out.push((
                 format!("exp_avg_sq.{name}"),
                 slot.exp_avg_sq.shallow_clone(),
             ));
+            if let Some(m) = &self.master {
+                out.push((format!("master.{name}"), m[i].shallow_clone()));
+            }
         }
         (out, self.step)
     }
@@ -161,6 +203,21 @@ impl AdamW {
                     )));
                 }
                 tch::no_grad(|| dst.copy_(&src.to_kind(dst.kind())));
+            }
+        }
+        if let Some(master) = &mut self.master {
+            // A checkpoint without masters (written without mixed precision) keeps the ones from the weights.
+            for ((name, _), m) in self.params.iter().zip(master.iter_mut()) {
+                if let Some(src) = loaded.get(&format!("master.{name}")) {
+                    if src.size() != m.size() {
+                        return Err(err(format!(
+                            "`master.{name}` has shape {:?}, the parameter has {:?}",
+                            src.size(),
+                            m.size()
+                        )));
+                    }
+                    tch::no_grad(|| m.copy_(src));
+                }
             }
         }
         self.step = step;
