@@ -150,7 +150,7 @@ impl AdamW {
                 let denom = (slot.exp_avg_sq.sqrt() / bias_correction2_sqrt) + eps;
                 let _ = p.addcdiv_(&(&slot.exp_avg * (-step_size)), &denom);
                 if let Some(w) = weight {
-                    let _ = w.copy_(&p);
+                    w.copy_(&p);
                 }
             }
         });
