@@ -66,6 +66,25 @@ impl Job {
         }
     }
 
+    /// `ferrotune launch --nproc-per-node 2 --master-port PORT [launch_flags] -- dist-selftest [selftest_flags]`.
+    fn selftest2(port: &str, launch_flags: &[&str], selftest_flags: &[&str]) -> Job {
+        let mut args = vec!["launch", "--nproc-per-node", "2", "--master-port", port];
+        args.extend_from_slice(launch_flags);
+        args.extend_from_slice(&["--", "dist-selftest"]);
+        args.extend_from_slice(selftest_flags);
+        Job::start(&args, None)
+    }
+
+    /// Asserts that stdout (`err` false) or stderr (`err` true) contains `needle`, printing both if not.
+    fn expect(&self, err: bool, needle: &str) {
+        let text = if err { &self.stderr } else { &self.stdout };
+        assert!(
+            text.contains(needle),
+            "missing {needle:?}\n{}",
+            self.output()
+        );
+    }
+
     fn record(&mut self, (is_err, line): (bool, String)) {
         let s = if is_err {
             &mut self.stderr
@@ -160,18 +179,7 @@ fn port_arg() -> String {
 #[test]
 fn world_2_selftest_runs_rank_prefixed_and_exits_0() {
     let port = port_arg();
-    let mut job = Job::start(
-        &[
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            &port,
-            "--",
-            "dist-selftest",
-        ],
-        None,
-    );
+    let mut job = Job::selftest2(&port, &[], &[]);
     let (status, _) = job.finish(Duration::from_secs(60));
     assert!(status.success(), "{}", job.output());
     let cores = std::thread::available_parallelism().unwrap().get();
@@ -187,32 +195,16 @@ fn world_2_selftest_runs_rank_prefixed_and_exits_0() {
             job.output()
         );
     }
-    assert!(
-        job.stderr
-            .contains(&format!("OMP_NUM_THREADS is unset: using {omp} per worker")),
-        "{}",
-        job.output()
+    job.expect(
+        true,
+        &format!("OMP_NUM_THREADS is unset: using {omp} per worker"),
     );
 }
 
 #[test]
 fn sigkilled_worker_fails_the_launch_naming_rank_and_signal() {
     let port = port_arg();
-    let mut job = Job::start(
-        &[
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            &port,
-            "--grace-period",
-            "5",
-            "--",
-            "dist-selftest",
-            "--hang",
-        ],
-        None,
-    );
+    let mut job = Job::selftest2(&port, &["--grace-period", "5"], &["--hang"]);
     let line = job.wait_for("selftest rank 1 pid", Duration::from_secs(60));
     job.wait_for("selftest rank 0 pid", Duration::from_secs(30));
     let pid: u32 = line.split_whitespace().nth(6).unwrap().parse().unwrap();
@@ -221,77 +213,34 @@ fn sigkilled_worker_fails_the_launch_naming_rank_and_signal() {
     assert_eq!(status.code(), Some(1), "{}", job.output());
     assert!(took < Duration::from_secs(60), "took {took:?}");
     let want = format!("error: rank 1 (pid {pid}) was killed by signal 9 (SIGKILL)");
-    assert!(
-        job.stderr.contains(&want),
-        "missing {want:?}\n{}",
-        job.output()
-    );
+    job.expect(true, &want);
     // The surviving rank was asked to stop with SIGTERM.
-    assert!(
-        job.stdout
-            .contains("[rank 0] selftest rank 0 received SIGTERM"),
-        "{}",
-        job.output()
-    );
+    job.expect(false, "[rank 0] selftest rank 0 received SIGTERM");
 }
 
 #[test]
 fn failing_worker_exit_status_is_named() {
     let port = port_arg();
-    let mut job = Job::start(
-        &[
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            &port,
-            "--",
-            "dist-selftest",
-            "--hang",
-            "--fail-rank",
-            "1",
-            "--exit-code",
-            "7",
-        ],
-        None,
+    let mut job = Job::selftest2(
+        &port,
+        &[],
+        &["--hang", "--fail-rank", "1", "--exit-code", "7"],
     );
     let (status, took) = job.finish(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{}", job.output());
     assert!(took < Duration::from_secs(60));
-    assert!(
-        job.stderr.contains("error: rank 1 (pid "),
-        "{}",
-        job.output()
-    );
-    assert!(
-        job.stderr.contains("exited with status 7"),
-        "{}",
-        job.output()
-    );
-    assert!(
-        job.stderr
-            .contains("[rank 1] selftest rank 1: failing on purpose with status 7"),
-        "{}",
-        job.output()
+    job.expect(true, "error: rank 1 (pid ");
+    job.expect(true, "exited with status 7");
+    job.expect(
+        true,
+        "[rank 1] selftest rank 1: failing on purpose with status 7",
     );
 }
 
 #[test]
 fn sigint_is_forwarded_to_every_worker() {
     let port = port_arg();
-    let mut job = Job::start(
-        &[
-            "launch",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            &port,
-            "--",
-            "dist-selftest",
-            "--hang",
-        ],
-        None,
-    );
+    let mut job = Job::selftest2(&port, &[], &["--hang"]);
     job.wait_for("selftest rank 0 pid", Duration::from_secs(60));
     job.wait_for("selftest rank 1 pid", Duration::from_secs(30));
     signal(job.child.id(), "-INT");
@@ -300,17 +249,9 @@ fn sigint_is_forwarded_to_every_worker() {
     assert!(status.success(), "{}", job.output());
     for r in 0..2 {
         let want = format!("[rank {r}] selftest rank {r} received SIGINT");
-        assert!(
-            job.stdout.contains(&want),
-            "missing {want:?}\n{}",
-            job.output()
-        );
+        job.expect(false, &want);
     }
-    assert!(
-        job.stderr.contains("SIGINT: forwarding it"),
-        "{}",
-        job.output()
-    );
+    job.expect(true, "SIGINT: forwarding it");
 }
 
 #[test]
@@ -432,11 +373,8 @@ fn hostfile_include_starts_each_node_over_ssh() {
             )),
             "{cmd}"
         );
-        assert!(
-            job.stderr.contains(&format!("node {r} ({host}): ")),
-            "the ssh command is logged\n{}",
-            job.output()
-        );
+        // the ssh command is logged
+        job.expect(true, &format!("node {r} ({host}): "));
     }
     assert!(!dir.path().join("ssh-nodeC.cmd").exists());
 }
@@ -479,7 +417,7 @@ fn slurm_sbatch_script_runs_one_launcher_per_node() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let text = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
+    assert!(out.status.success(), "{:?}: {text}", out.status);
     for r in 0..2 {
         let want = format!(
             "[rank {r}] selftest rank {r}/2 local 0/1 node {r} omp {} master 127.0.0.1:{port}: {}",
@@ -515,17 +453,10 @@ fn remote_launcher_stops_its_workers_when_stdin_closes() {
     drop(job.stdin.take());
     let (status, _) = job.finish(Duration::from_secs(30));
     assert_eq!(status.code(), Some(1), "{}", job.output());
-    assert!(
-        job.stdout
-            .contains("[rank 0] selftest rank 0 received SIGTERM"),
-        "{}",
-        job.output()
-    );
-    assert!(
-        job.stderr
-            .contains("error: stopped by EOF on stdin (the controlling connection closed); rank 0"),
-        "{}",
-        job.output()
+    job.expect(false, "[rank 0] selftest rank 0 received SIGTERM");
+    job.expect(
+        true,
+        "error: stopped by EOF on stdin (the controlling connection closed); rank 0",
     );
 }
 

@@ -40,5 +40,6 @@ pub use lora::{LoraAdapter, LoraConfig, ALL_TARGETS};
 pub use lora_model::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use mask::{padding_position_ids, segment_position_ids, AttentionMask};
 pub use pretrained::{
-    checkpoint_files, load_pretrained, load_weights, save_pretrained, DEFAULT_MAX_SHARD_SIZE,
+    checkpoint_files, generation_config, load_pretrained, load_weights, save_pretrained,
+    staging_dir, write_shards, DEFAULT_MAX_SHARD_SIZE,
 };

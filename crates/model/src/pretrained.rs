@@ -12,7 +12,7 @@ use ferrotune_core::DType;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The default shard size of `save_pretrained` (transformers' "5GB").
 pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
@@ -149,20 +149,34 @@ pub fn save_pretrained(
     let dtype = dtype
         .or_else(|| crate::device::dtype_of(params[0].1.kind()))
         .unwrap_or(DType::F32);
-    let esize = dtype.size_in_bytes() as u64;
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
-    let mut cur = 0u64;
-    let mut total = 0u64;
-    for (k, t) in params {
-        let n = t.numel() as u64 * esize;
-        if cur > 0 && cur + n > max_shard_size {
-            shards.push(vec![]);
-            cur = 0;
-        }
-        cur += n;
-        total += n;
-        shards.last_mut().expect("a shard").push((k, t));
+    let tmp = staging_dir(dir)?;
+    let result = (|| -> Result<(), ModelError> {
+        write_shards(
+            &tmp,
+            params,
+            Some(kind_of(dtype)),
+            max_shard_size,
+            &[("format", "pt")],
+        )?;
+        let mut cfg = model.config.clone();
+        cfg.torch_dtype = Some(dtype);
+        write_json(&tmp.join("config.json"), &cfg.to_json())?;
+        write_json(
+            &tmp.join("generation_config.json"),
+            &generation_config(&cfg),
+        )
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
+    ferrotune_core::fsutil::commit_dir(&tmp, dir)?;
+    Ok(())
+}
+
+/// A fresh staging directory beside `dir` (`.NAME.tmp-PID`, its parent created), to be filled and then
+/// committed with [`ferrotune_core::fsutil::commit_dir`], so `dir` never holds a half-written checkpoint.
+pub fn staging_dir(dir: &Path) -> Result<PathBuf, ModelError> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -174,52 +188,74 @@ pub fn save_pretrained(
         .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let kind = kind_of(dtype);
+    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Writes `tensors` into `dir` as transformers does: `model.safetensors` when they fit in
+/// `max_shard_size` bytes, else `model-0000i-of-0000N.safetensors` plus `model.safetensors.index.json`.
+/// `kind` converts each shard as it is written (`None`: as is); `metadata` goes into every file's header.
+pub fn write_shards(
+    dir: &Path,
+    tensors: Vec<(String, Tensor)>,
+    kind: Option<Kind>,
+    max_shard_size: u64,
+    metadata: &[(&str, &str)],
+) -> Result<(), ModelError> {
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
+    let (mut cur, mut total) = (0u64, 0u64);
+    for (k, t) in tensors {
+        let n = (t.numel() * kind.unwrap_or(t.kind()).elt_size_in_bytes()) as u64;
+        if cur > 0 && cur + n > max_shard_size {
+            shards.push(vec![]);
+            cur = 0;
+        }
+        cur += n;
+        total += n;
+        shards.last_mut().expect("a shard").push((k, t));
+    }
     let n = shards.len();
     let mut weight_map = BTreeMap::new();
-    let result = (|| -> Result<(), ModelError> {
-        for (i, shard) in shards.into_iter().enumerate() {
-            let file = if n == 1 {
-                "model.safetensors".to_string()
-            } else {
-                format!("model-{:05}-of-{n:05}.safetensors", i + 1)
-            };
-            let shard: Vec<(String, Tensor)> = shard
-                .into_iter()
-                .map(|(k, t)| (k, t.detach().to_kind(kind)))
-                .collect();
-            for (k, _) in &shard {
-                weight_map.insert(k.clone(), Value::from(file.clone()));
-            }
-            write_safetensors(&tmp.join(&file), &shard, &[("format", "pt")])?;
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        };
+        let shard: Vec<(String, Tensor)> = shard
+            .into_iter()
+            .map(|(k, t)| match kind {
+                Some(kind) => (k, t.detach().to_kind(kind)),
+                None => (k, t),
+            })
+            .collect();
+        for (k, _) in &shard {
+            weight_map.insert(k.clone(), Value::from(file.clone()));
         }
-        if n > 1 {
-            let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-            write_json(&tmp.join("model.safetensors.index.json"), &index)?;
-        }
-        let mut cfg = model.config.clone();
-        cfg.torch_dtype = Some(dtype);
-        write_json(&tmp.join("config.json"), &cfg.to_json())?;
-        let mut gen = json!({"_from_model_config": true});
-        if let Some(b) = cfg.bos_token_id {
-            gen["bos_token_id"] = json!(b);
-        }
-        match cfg.eos_token_id.as_slice() {
-            [] => {}
-            [one] => gen["eos_token_id"] = json!(one),
-            many => gen["eos_token_id"] = json!(many),
-        }
-        if let Some(p) = cfg.pad_token_id {
-            gen["pad_token_id"] = json!(p);
-        }
-        write_json(&tmp.join("generation_config.json"), &gen)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+        write_safetensors(&dir.join(&file), &shard, metadata)?;
     }
-    ferrotune_core::fsutil::commit_dir(&tmp, dir)?;
+    if n > 1 {
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_json(&dir.join("model.safetensors.index.json"), &index)?;
+    }
     Ok(())
+}
+
+/// `generation_config.json` as transformers derives it from the model config.
+pub fn generation_config(cfg: &LlamaConfig) -> Value {
+    let mut gen = json!({"_from_model_config": true});
+    if let Some(b) = cfg.bos_token_id {
+        gen["bos_token_id"] = json!(b);
+    }
+    match cfg.eos_token_id.as_slice() {
+        [] => {}
+        [one] => gen["eos_token_id"] = json!(one),
+        many => gen["eos_token_id"] = json!(many),
+    }
+    if let Some(p) = cfg.pad_token_id {
+        gen["pad_token_id"] = json!(p);
+    }
+    gen
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<(), ModelError> {

@@ -7,10 +7,10 @@
 use crate::format::{quant_kernel, QuantSpec};
 use crate::QuantError;
 use ferrotune_core::DType;
-use ferrotune_model::safetensors_io::write_safetensors;
-use ferrotune_model::{dtype_of, kind_of, LlamaForCausalLM};
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use ferrotune_model::{
+    dtype_of, generation_config, kind_of, staging_dir, write_shards, LlamaForCausalLM,
+};
+use serde_json::Value;
 use std::path::Path;
 use tch::Tensor;
 
@@ -71,53 +71,10 @@ pub fn save_quantized(
                 .and_then(|(_, t)| dtype_of(t.kind()))
         })
         .unwrap_or(DType::F32);
-    let mut shards: Vec<Vec<(String, Tensor)>> = vec![vec![]];
-    let (mut cur, mut total) = (0u64, 0u64);
-    for (k, t) in tensors {
-        let n = (t.numel() * t.kind().elt_size_in_bytes()) as u64;
-        if cur > 0 && cur + n > max_shard_size {
-            shards.push(vec![]);
-            cur = 0;
-        }
-        cur += n;
-        total += n;
-        shards.last_mut().expect("a shard").push((k, t));
-    }
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| QuantError::io(parent, e))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| QuantError::io(&tmp, e))?;
+    let tmp = staging_dir(dir)?;
     let result = (|| -> Result<(), QuantError> {
-        let n = shards.len();
-        let mut weight_map = BTreeMap::new();
-        let method = spec.method_name();
-        for (i, shard) in shards.into_iter().enumerate() {
-            let file = if n == 1 {
-                "model.safetensors".to_string()
-            } else {
-                format!("model-{:05}-of-{n:05}.safetensors", i + 1)
-            };
-            for (k, _) in &shard {
-                weight_map.insert(k.clone(), Value::from(file.clone()));
-            }
-            write_safetensors(
-                &tmp.join(&file),
-                &shard,
-                &[("format", "pt"), ("quant_method", method)],
-            )?;
-        }
-        if n > 1 {
-            let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-            write_json(&tmp.join("model.safetensors.index.json"), &index)?;
-        }
+        let meta = [("format", "pt"), ("quant_method", spec.method_name())];
+        write_shards(&tmp, tensors, None, max_shard_size, &meta)?;
         if let Some(src) = side_files_from {
             for f in SIDE_FILES {
                 let p = src.join(f);
@@ -132,16 +89,10 @@ pub fn save_quantized(
         v["quantization_config"] = spec.to_hf_config();
         write_json(&tmp.join("config.json"), &v)?;
         if !tmp.join("generation_config.json").is_file() {
-            let mut gen = json!({"_from_model_config": true});
-            if let Some(b) = cfg.bos_token_id {
-                gen["bos_token_id"] = json!(b);
-            }
-            match cfg.eos_token_id.as_slice() {
-                [] => {}
-                [one] => gen["eos_token_id"] = json!(one),
-                many => gen["eos_token_id"] = json!(many),
-            }
-            write_json(&tmp.join("generation_config.json"), &gen)?;
+            write_json(
+                &tmp.join("generation_config.json"),
+                &generation_config(&cfg),
+            )?;
         }
         Ok(())
     })();
