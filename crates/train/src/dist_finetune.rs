@@ -13,8 +13,13 @@
 //!    final weights.
 //!
 //! With the same global batch the sample stream, losses and weights are the single process's (fp32; up
-//! to summation order). LoRA dropout masks are drawn per rank, so with `lora_dropout > 0` a distributed
-//! run is a different (equally valid) draw.
+//! to summation order). `bf16` full/freeze fine-tuning is mixed precision as in the single process: the
+//! model computes in bf16 and every rank keeps fp32 masters (and moments) of what it owns
+//! ([`Engine::attach_fp32_masters`]); LoRA's `bf16` is a bf16 frozen base with fp32 adapters. `fp16` is
+//! the single process's too (an f16 frozen base for LoRA, fp32 trained weights) with dynamic loss scaling:
+//! the overflow check runs on the reduced gradients and is agreed across ranks ([`Engine::unscale`]), so
+//! all ranks skip an overflowing step and back off the scale together. LoRA dropout masks are drawn per
+//! rank, so with `lora_dropout > 0` a distributed run is a different (equally valid) draw.
 
 use crate::batches::HostBatch;
 use crate::checkpoint::{self, SamplerPosition, SchedulerState, TrainerState};
@@ -22,6 +27,7 @@ use crate::engine::Engine;
 use crate::error::TrainError;
 use crate::eval::{evaluate, EvalMetrics};
 use crate::finetune::{RunSummary, TrainData};
+use crate::loss_scale::LossScaler;
 use crate::metrics::{peak_rss_mib, MetricsLog, MetricsRecord};
 use crate::model_setup::{self, TrainModel};
 use crate::optim::AdamWConfig;
@@ -30,7 +36,9 @@ use crate::progress::TrainProgress;
 use crate::scheduler::LrSchedule;
 use crate::sharded_ckpt::{self, SaveArgs};
 use crate::{fsdp, interrupt};
-use ferrotune_core::train_config::{CheckpointType, ShardingStrategy, Stage, TrainConfig};
+use ferrotune_core::train_config::{
+    CheckpointType, FinetuningType, ShardingStrategy, Stage, TrainConfig,
+};
 use ferrotune_core::RunDir;
 use ferrotune_dist::RankEnv;
 
@@ -52,11 +60,6 @@ fn effective_strategy(cfg: &TrainConfig, env: &RankEnv) -> Result<ShardingStrate
 /// Runs the recipe of `cfg` as one rank of the job described by `env`.
 pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummary, TrainError> {
     cfg.validate().map_err(TrainError::Config)?;
-    if cfg.fp16 {
-        return Err(TrainError::Config(
-            "fp16 with dynamic loss scaling is single-process only; use bf16 or pure_bf16 with parallel.strategy".into(),
-        ));
-    }
     if let Some(n) = cfg.num_threads {
         tch::set_num_threads(n as i32);
     }
@@ -86,7 +89,7 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         .is_some_and(|s| s.checkpoint_type == CheckpointType::ShardedStateDict);
 
     // --- model, engine, schedule ---
-    let tm = model_setup::setup(
+    let mut tm = model_setup::setup(
         cfg,
         device,
         data.tokenizer_vocab,
@@ -103,7 +106,24 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         eps: cfg.adam_epsilon,
         weight_decay: cfg.weight_decay,
     };
+    // bf16 mixed precision for full / freeze (as the single-process recipe): fp32 masters taken now, from
+    // the fp32 weights, then the model computes in bf16 (the engine's flats are bf16).
+    let fp32_masters = (cfg.bf16 && cfg.finetuning_type != FinetuningType::Lora).then(|| {
+        let m: Vec<(String, tch::Tensor)> = tm
+            .trainable()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_kind(tch::Kind::Float).copy()))
+            .collect();
+        tm._vs.set_kind(tch::Kind::BFloat16);
+        m
+    });
     let mut engine = Engine::new(&tm, strategy, &dist, adam, cfg.parallel.bucket_cap_mb)?;
+    if let Some(m) = fp32_masters {
+        engine.attach_fp32_masters(&dist, &m)?;
+        tracing::info!(
+            "bf16 mixed precision: bf16 weights for compute, fp32 master shards and moments, fp32 gradient reduction"
+        );
+    }
     let resident = engine.resident_bytes(&tm);
     tracing::info!(
         rank,
@@ -135,6 +155,7 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
     let mut state = TrainerState {
         max_steps: total_steps,
         seed: cfg.seed,
+        loss_scaler: cfg.fp16.then(LossScaler::default),
         finetuning_type: format!("{:?}", cfg.finetuning_type).to_lowercase(),
         stage: format!("{:?}", cfg.stage).to_lowercase(),
         ferrotune_version: ferrotune_core::VERSION.into(),
@@ -221,14 +242,15 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         let n_local: u64 = window.iter().map(HostBatch::trained_tokens).sum();
         let n_global = dist.sum_f64(&[n_local as f64])?[0] as u64;
         let denom = n_global.max(1) as f64;
+        let scale = state.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
         let mut local_loss = 0.0;
         for mb in window {
             let (ids, pos_ids, mask, labels) = mb.to_tensors(tm.device);
             let mut loss_fn = |logits: &tch::Tensor| {
                 let (sum, _) = ferrotune_model::shifted_ce_sum(logits, &labels);
-                sum / denom
+                (sum / denom) * scale
             };
-            local_loss += if engine.fully_sharded() {
+            local_loss += (if engine.fully_sharded() {
                 fsdp::forward_backward(
                     &mut engine,
                     &dist,
@@ -240,13 +262,16 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
                 tm.model
                     .forward_backward(&ids, &pos_ids, &mask, &mut loss_fn)
                     .double_value(&[])
-            };
+            }) / scale;
             progress.add_tokens(mb.input_tokens());
         }
         let step_loss = dist.sum_f64(&[local_loss])?[0];
 
         if !step_loss.is_finite() {
             engine.discard_gradients();
+            if let Some(s) = state.loss_scaler.as_mut() {
+                s.update(true);
+            }
             state.skipped_steps += 1;
             state.nonfinite_in_a_row += 1;
             tracing::warn!(step, loss = step_loss, "non-finite loss: step skipped");
@@ -257,12 +282,29 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
                 });
             }
         } else {
-            state.nonfinite_in_a_row = 0;
             engine.reduce_gradients(&dist)?;
-            last_grad_norm = engine.clip(&dist, cfg.max_grad_norm)?;
-            engine.step(&dist, lr)?;
-            losses.push(step_loss);
-            window_losses.push(step_loss);
+            // fp16: unscale, or skip the step on every rank when any rank's gradient overflowed.
+            let finite = match &state.loss_scaler {
+                Some(s) => engine.unscale(&dist, s.scale)?,
+                None => true,
+            };
+            if let Some(s) = state.loss_scaler.as_mut() {
+                s.update(!finite);
+            }
+            if finite {
+                state.nonfinite_in_a_row = 0;
+                last_grad_norm = engine.clip(&dist, cfg.max_grad_norm)?;
+                engine.step(&dist, lr)?;
+                losses.push(step_loss);
+                window_losses.push(step_loss);
+            } else {
+                engine.discard_gradients();
+                state.skipped_steps += 1;
+                tracing::debug!(
+                    step,
+                    "fp16 gradient overflow: step skipped on every rank, loss scale lowered"
+                );
+            }
         }
         state.optimizer_step = engine.step;
         state.global_step += 1;

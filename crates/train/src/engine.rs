@@ -11,9 +11,20 @@
 //! | `FULL_SHARD` (ZeRO-3/FSDP) | this rank's chunk; a unit is gathered around its forward/recompute | reduce-scattered per micro-batch | this rank's chunk |
 //!
 //! With FULL_SHARD the frozen base weights are sharded the same way (per-unit frozen layouts, gathered with
-//! their unit), so a LoRA run holds 1/world of the base as well. The master copy is the parameter's own
-//! dtype: fp32 unless `pure_bf16` (as the single-process recipe keeps it). AdamW's arithmetic is
-//! element-wise, so running it on flats is the per-tensor `optim::AdamW` update, op for op.
+//! their unit), so a LoRA run holds 1/world of the base as well. Without mixed precision the master copy
+//! is the parameter's own dtype: fp32, or bf16 with `pure_bf16` (as the single-process recipe keeps it).
+//! AdamW's arithmetic is element-wise, so running it on flats is the per-tensor `optim::AdamW` update, op
+//! for op.
+//!
+//! **Mixed precision** (`bf16` with full/freeze fine-tuning, [`Engine::attach_fp32_masters`]): the flats
+//! the model computes with are bf16 (so FULL_SHARD gathers half the bytes), and each rank keeps an fp32
+//! master of what it owns (NO_SHARD: the whole flat; SHARD_GRAD_OP / FULL_SHARD: its chunk) plus fp32
+//! moments. Gradients are reduced in fp32 — the bf16 flat gradient is cast before the all-reduce /
+//! reduce-scatter, so the cross-rank sum (and FULL_SHARD's per-micro-batch accumulation) rounds once, at
+//! fp32, the way the single process's update sees its gradient (cast to fp32 before AdamW); this costs
+//! twice the gradient bytes of a bf16 reduce. AdamW updates the fp32 master and the bf16 parameter takes
+//! its rounding (SHARD_GRAD_OP then all-gathers the bf16 chunks; FULL_SHARD's bf16 shard, the source of
+//! its gathers, is the rounded master) — `optim::AdamW::with_fp32_master`, sharded.
 
 use crate::error::TrainError;
 use crate::flat::{build_layouts, FlatLayout};
@@ -34,6 +45,9 @@ pub struct FlatState {
     pub master: Tensor,
     pub exp_avg: Tensor,
     pub exp_avg_sq: Tensor,
+    /// Mixed precision: the fp32 master of `master` (same extent), which AdamW updates; `master` then
+    /// takes its bf16 rounding.
+    pub fp32_master: Option<Tensor>,
     /// The reduced gradient of `master`, once the window is done (FULL_SHARD: accumulated per micro-batch).
     pub grad: Option<Tensor>,
 }
@@ -92,6 +106,7 @@ impl Engine {
                 exp_avg: master.zeros_like(),
                 exp_avg_sq: master.zeros_like(),
                 master,
+                fp32_master: None,
                 grad: None,
             });
         }
@@ -127,6 +142,56 @@ impl Engine {
         self.strategy == ShardingStrategy::FullShard
     }
 
+    /// Mixed precision: takes fp32 masters (and fp32 moments) from `fp32`, the trainable tensors' values
+    /// captured before the model was cast to its compute dtype (by name; rank 0's are broadcast). Each
+    /// rank keeps the master of what it owns: the whole flat (NO_SHARD) or its chunk.
+    pub fn attach_fp32_masters(
+        &mut self,
+        dist: &Dist,
+        fp32: &[(String, Tensor)],
+    ) -> Result<(), TrainError> {
+        let by_name: std::collections::HashMap<&str, &Tensor> =
+            fp32.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (l, s) in self.layouts.iter().zip(&mut self.states) {
+            let parts = l
+                .params
+                .iter()
+                .map(|p| {
+                    by_name
+                        .get(p.name.as_str())
+                        .map(|t| t.shallow_clone())
+                        .ok_or_else(|| {
+                            TrainError::Config(format!("no fp32 master for `{}`", p.name))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut full = l.flatten_kind(&parts, Kind::Float);
+            dist.pg.broadcast(&mut full, 0).map_err(dist_err)?;
+            let m = match self.strategy {
+                ShardingStrategy::NoShard => full,
+                _ => l.chunk_of(&full, self.rank).copy(),
+            };
+            s.exp_avg = m.zeros_like();
+            s.exp_avg_sq = m.zeros_like();
+            s.fp32_master = Some(m);
+        }
+        Ok(())
+    }
+
+    /// Whether AdamW runs on fp32 masters of lower-precision parameters.
+    pub fn mixed_precision(&self) -> bool {
+        self.states.iter().any(|s| s.fp32_master.is_some())
+    }
+
+    /// A flat gradient as it is reduced across ranks: fp32 under mixed precision, else as it is.
+    pub fn grad_for_reduce(&self, flat: Tensor) -> Tensor {
+        if self.mixed_precision() {
+            flat.to_kind(Kind::Float)
+        } else {
+            flat
+        }
+    }
+
     /// After the window's backward passes: bring every layout's gradient to its reduced form in
     /// `FlatState::grad` (NO_SHARD: bucketed all-reduce; SHARD_GRAD_OP: reduce-scatter; FULL_SHARD: done
     /// during backward).
@@ -134,12 +199,19 @@ impl Engine {
         if self.fully_sharded() {
             return Ok(());
         }
+        let mixed = self.mixed_precision();
         for (l, s) in self.layouts.iter().zip(&mut self.states) {
             let flat = l.flatten_grads();
+            let flat = if mixed {
+                flat.to_kind(Kind::Float)
+            } else {
+                flat
+            };
             l.zero_grads();
             match self.strategy {
                 ShardingStrategy::NoShard => {
-                    let per = (self.bucket_elems_bytes / l.kind.elt_size_in_bytes() as u64).max(1);
+                    let per =
+                        (self.bucket_elems_bytes / flat.kind().elt_size_in_bytes() as u64).max(1);
                     let mut off = 0;
                     while off < l.padded {
                         let n = (per as i64).min(l.padded - off);
@@ -203,21 +275,36 @@ impl Engine {
         Ok(norm)
     }
 
-    /// One AdamW update of every master with its reduced gradient (then SHARD_GRAD_OP all-gathers the
-    /// updated chunks into the full parameters); clears the gradients.
+    /// One AdamW update of every master with its reduced gradient (mixed precision: of the fp32 master,
+    /// whose rounding the parameter then takes; then SHARD_GRAD_OP all-gathers the updated chunks into the
+    /// full parameters); clears the gradients.
     pub fn step(&mut self, dist: &Dist, lr: f64) -> Result<(), TrainError> {
         self.step += 1;
         for s in &mut self.states {
             let Some(g) = s.grad.take() else { continue };
-            adamw_update(
-                &mut s.master,
-                &g,
-                &mut s.exp_avg,
-                &mut s.exp_avg_sq,
-                self.step,
-                lr,
-                &self.adam,
-            );
+            match &mut s.fp32_master {
+                Some(m32) => {
+                    adamw_update(
+                        m32,
+                        &g.to_kind(Kind::Float),
+                        &mut s.exp_avg,
+                        &mut s.exp_avg_sq,
+                        self.step,
+                        lr,
+                        &self.adam,
+                    );
+                    tch::no_grad(|| s.master.copy_(m32));
+                }
+                None => adamw_update(
+                    &mut s.master,
+                    &g,
+                    &mut s.exp_avg,
+                    &mut s.exp_avg_sq,
+                    self.step,
+                    lr,
+                    &self.adam,
+                ),
+            }
             if self.strategy == ShardingStrategy::ShardGradOp {
                 let gathered = dist.pg.all_gather(&s.master).map_err(dist_err)?;
                 let full = s.full.as_mut().expect("SHARD_GRAD_OP keeps the full flat");
@@ -225,6 +312,25 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// fp16 loss scaling, after [`Engine::reduce_gradients`]: whether the reduced gradients are finite on
+    /// every rank (agreed, so that all ranks skip an overflowing step together — with reduce-scatter an
+    /// overflow may land in one rank's chunk only); if they are, divides them by `scale`.
+    pub fn unscale(&mut self, dist: &Dist, scale: f64) -> Result<bool, TrainError> {
+        let local = self
+            .states
+            .iter()
+            .filter_map(|s| s.grad.as_ref())
+            .any(|g| g.isfinite().all().int64_value(&[]) == 0);
+        if dist.sum_f64(&[f64::from(u8::from(local))])?[0] > 0.0 {
+            return Ok(false);
+        }
+        let inv = 1.0 / scale;
+        for g in self.states.iter_mut().filter_map(|s| s.grad.as_mut()) {
+            let _ = g.g_mul_scalar_(inv);
+        }
+        Ok(true)
     }
 
     /// Drops the window's gradients without updating (a skipped step).
@@ -290,26 +396,29 @@ impl Engine {
         self.layouts.iter().position(|l| l.key == unit)
     }
 
-    /// Per trainable layout: the full flats of (parameters, exp_avg, exp_avg_sq), gathered when sharded.
+    /// Per trainable layout: the full flats of (parameters — the fp32 masters under mixed precision,
+    /// exp_avg, exp_avg_sq), gathered when sharded.
     pub fn full_state(&self, dist: &Dist) -> Result<Vec<[Tensor; 3]>, TrainError> {
         let mut out = Vec::with_capacity(self.states.len());
         for s in &self.states {
+            let master = s.fp32_master.as_ref().unwrap_or(&s.master);
             out.push(match self.strategy {
                 ShardingStrategy::NoShard => [
-                    s.master.shallow_clone(),
+                    master.shallow_clone(),
                     s.exp_avg.shallow_clone(),
                     s.exp_avg_sq.shallow_clone(),
                 ],
                 _ => {
                     let g = |t: &Tensor| dist.pg.all_gather(t).map_err(dist_err);
-                    [g(&s.master)?, g(&s.exp_avg)?, g(&s.exp_avg_sq)?]
+                    [g(master)?, g(&s.exp_avg)?, g(&s.exp_avg_sq)?]
                 }
             });
         }
         Ok(out)
     }
 
-    /// Per trainable layout: this rank's chunk of (parameters, exp_avg, exp_avg_sq).
+    /// Per trainable layout: this rank's chunk of (parameters — the fp32 master under mixed precision,
+    /// exp_avg, exp_avg_sq).
     pub fn shard_state(&self) -> Vec<[Tensor; 3]> {
         self.layouts
             .iter()
@@ -319,13 +428,15 @@ impl Engine {
                     ShardingStrategy::NoShard => l.chunk_of(t, self.rank),
                     _ => t.shallow_clone(),
                 };
-                [c(&s.master), c(&s.exp_avg), c(&s.exp_avg_sq)]
+                let master = s.fp32_master.as_ref().unwrap_or(&s.master);
+                [c(master), c(&s.exp_avg), c(&s.exp_avg_sq)]
             })
             .collect()
     }
 
     /// Restores layout `i` from full flats (parameters optional: a FULL_STATE_DICT resume already loaded
-    /// them into the model before flattening).
+    /// them into the model before flattening). Any dtype: values are cast as they are copied, so under mixed
+    /// precision the fp32 master takes `params` and the parameter its bf16 rounding.
     pub fn load_full_state(
         &mut self,
         i: usize,
@@ -340,6 +451,9 @@ impl Engine {
             _ => l.chunk_of(t, self.rank),
         };
         tch::no_grad(|| {
+            if let (Some(p), Some(m32)) = (params, s.fp32_master.as_mut()) {
+                m32.copy_(&pick(p));
+            }
             if let Some(p) = params {
                 match &mut s.full {
                     Some(full) => {
@@ -366,6 +480,7 @@ impl Engine {
                 (None, _) => b(&s.master),
             };
             n += b(&s.exp_avg) + b(&s.exp_avg_sq);
+            n += s.fp32_master.as_ref().map_or(0, b);
         }
         if self.fully_sharded() {
             n += self.frozen_shards.iter().map(b).sum::<u64>();

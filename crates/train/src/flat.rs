@@ -130,14 +130,19 @@ impl FlatLayout {
 
     /// The zero-padded flat of `parts` (one tensor per param, any shape of the right numel).
     pub fn flatten(&self, parts: &[Tensor]) -> Tensor {
+        self.flatten_kind(parts, self.kind)
+    }
+
+    /// [`FlatLayout::flatten`] in dtype `kind` (fp32 masters and moments of a bf16 layout).
+    pub fn flatten_kind(&self, parts: &[Tensor], kind: Kind) -> Tensor {
         let mut v: Vec<Tensor> = parts
             .iter()
-            .map(|t| t.detach().to_kind(self.kind).reshape([-1]))
+            .map(|t| t.detach().to_kind(kind).reshape([-1]))
             .collect();
         if self.padded > self.numel {
             v.push(Tensor::zeros(
                 [self.padded - self.numel],
-                (self.kind, self.device),
+                (kind, self.device),
             ));
         }
         Tensor::cat(&v, 0)

@@ -165,7 +165,7 @@ fn reduce_into(
             }
         })
         .collect();
-    let flat = l.flatten(&parts);
+    let flat = engine.grad_for_reduce(l.flatten(&parts));
     let chunk = dist
         .pg
         .reduce_scatter(&flat, ReduceOp::Sum)

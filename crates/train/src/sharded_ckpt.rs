@@ -5,11 +5,14 @@
 //!
 //! * `FULL_STATE_DICT`: the ranks gather the parameters and AdamW moments; rank 0 writes the normal
 //!   adapter (PEFT) or model (HF) files and `optimizer.safetensors` with the single-process keys
-//!   (`exp_avg.<param>`), so the checkpoint resumes in one process or any world size.
+//!   (`exp_avg.<param>`; under bf16 mixed precision also the fp32 masters as `master.<param>`, as
+//!   `optim::AdamW` saves them), so the checkpoint resumes in one process or any world size.
 //! * `SHARDED_STATE_DICT`: rank `r` writes `shard-<r>-of-<world>.safetensors` holding its chunk of every
 //!   trainable unit's flat (`param.<unit>`, `exp_avg.<unit>`, `exp_avg_sq.<unit>`), and `dist_state.json`
-//!   lists each unit's flat layout (tensor names, shapes, offsets, padded size). A resume at any world size
-//!   concatenates the old chunks, drops the old padding and takes its own chunk of the new padding.
+//!   lists each unit's flat layout (tensor names, shapes, offsets, padded size). Under bf16 mixed precision
+//!   `param.<unit>` is the fp32 master chunk (the bf16 weights are its rounding). A resume at any world size
+//!   concatenates the old chunks, drops the old padding and takes its own chunk of the new padding; the
+//!   tensors keep their saved dtype until they are copied into the engine.
 
 use crate::checkpoint::{self, RngState, SchedulerState, TrainerState};
 use crate::engine::Engine;
@@ -159,10 +162,20 @@ fn write_full(
     tm.save_weights(cfg, dir)?;
     if cfg.save_optimizer {
         let mut tensors = Vec::new();
-        for (l, [_, m, v]) in engine.layouts.iter().zip(full) {
-            for ((p, mv), vv) in l.params.iter().zip(l.views(m)).zip(l.views(v)) {
+        let masters = engine.mixed_precision();
+        for (l, [w, m, v]) in engine.layouts.iter().zip(full) {
+            for (((p, wv), mv), vv) in l
+                .params
+                .iter()
+                .zip(l.views(w))
+                .zip(l.views(m))
+                .zip(l.views(v))
+            {
                 tensors.push((format!("exp_avg.{}", p.name), mv.contiguous()));
                 tensors.push((format!("exp_avg_sq.{}", p.name), vv.contiguous()));
+                if masters {
+                    tensors.push((format!("master.{}", p.name), wv.contiguous()));
+                }
             }
         }
         let path = dir.join(checkpoint::OPTIMIZER);
@@ -172,8 +185,8 @@ fn write_full(
 }
 
 /// Restores the engine from checkpoint `dir`: a sharded one (parameters and moments, re-sharded for this
-/// world size), or a full one (moments from `optimizer.safetensors`; the weights were loaded with the
-/// model).
+/// world size), or a full one (moments — and, under mixed precision, the fp32 masters when it holds them —
+/// from `optimizer.safetensors`; the weights were loaded with the model).
 pub fn load(dir: &Path, engine: &mut Engine) -> Result<(), TrainError> {
     let invalid = |m: String| TrainError::Config(format!("checkpoint {}: {m}", dir.display()));
     match read_dist_state(dir).filter(|s| s.checkpoint_type == CheckpointType::ShardedStateDict) {
@@ -203,7 +216,8 @@ pub fn load(dir: &Path, engine: &mut Engine) -> Result<(), TrainError> {
                         .collect::<Option<Vec<_>>>()
                         .ok_or_else(|| invalid(format!("a shard lacks `{key}`")))?;
                     let flat = Tensor::cat(&parts, 0).narrow(0, 0, l.numel);
-                    full.push(l.flatten(&[flat]));
+                    let kind = flat.kind();
+                    full.push(l.flatten_kind(&[flat], kind));
                 }
                 engine.load_full_state(i, Some(&full[0]), &full[1], &full[2]);
             }
@@ -216,6 +230,7 @@ pub fn load(dir: &Path, engine: &mut Engine) -> Result<(), TrainError> {
             }
             let saved: BTreeMap<String, Tensor> =
                 Tensor::read_safetensors(&path)?.into_iter().collect();
+            let masters = engine.mixed_precision();
             for i in 0..engine.layouts.len() {
                 let l = &engine.layouts[i];
                 let mut flats = Vec::with_capacity(2);
@@ -237,9 +252,24 @@ pub fn load(dir: &Path, engine: &mut Engine) -> Result<(), TrainError> {
                                 })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    flats.push(l.flatten(&parts));
+                    flats.push(l.flatten_kind(&parts, parts[0].kind()));
                 }
-                engine.load_full_state(i, None, &flats[0], &flats[1]);
+                // fp32 masters (a checkpoint without them keeps the ones taken from the weights).
+                let master = masters
+                    .then(|| {
+                        l.params
+                            .iter()
+                            .map(|p| {
+                                saved
+                                    .get(&format!("master.{}", p.name))
+                                    .filter(|t| t.size() == p.shape)
+                                    .map(Tensor::shallow_clone)
+                            })
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .flatten()
+                    .map(|parts| l.flatten_kind(&parts, tch::Kind::Float));
+                engine.load_full_state(i, master.as_ref(), &flats[0], &flats[1]);
             }
         }
     }
