@@ -8,6 +8,7 @@
 #    FULL_SHARD.
 # Workers are started directly with the torchrun environment (what `ferrotune launch` sets).
 #   tools/bench/bench-dist.sh [STEPS]      (run through tools/with-torch, after `just build`)
+# FERROTUNE_BENCH_PRECISION=bf16 trains with `bf16 = true` (bf16 weights, fp32 master shards and moments).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 steps=${1:-8}
@@ -45,6 +46,7 @@ save_steps = 0
 device = "cpu"
 num_threads = 1
 TOML
+if [ "${FERROTUNE_BENCH_PRECISION:-fp32}" = bf16 ]; then echo 'bf16 = true' >> "$work/bench.toml"; fi
 # prepare the data cache once per output dir (rank 0 alone would race with rank 1 otherwise)
 run() { # name world strategy
   local name=$1 world=$2 strategy=$3 port=$((29600 + RANDOM % 1000))
