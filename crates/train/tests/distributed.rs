@@ -10,8 +10,10 @@
 //!
 //! bf16 mixed precision (full fine-tuning, fp32 master shards): world 2 for every strategy against the
 //! single-process bf16 recipe (tolerances from bf16 rounding, see [`bf16_master_shards`]), the saved fp32
-//! masters against the single process's, and a sharded bf16 checkpoint resumed at world 2 (exact) and
-//! world 1.
+//! masters against the single process's (also freeze fine-tuning, and a FULL_STATE_DICT checkpoint resumed
+//! by one process), and a sharded bf16 checkpoint resumed at world 2 (exact) and world 1. fp16 (dynamic
+//! loss scaling, LoRA on an f16 base): world 2 against one process, and overflowing steps skipped by all
+//! ranks together.
 
 use ferrotune_core::train_config::{
     CheckpointType, FinetuningType, SchedulerType, ShardingStrategy, TrainConfig,
@@ -454,18 +456,22 @@ fn assert_bf16_run(what: &str, out: &Path, ck: &Path, reference: &Path, ref_ck: 
     );
     assert_eq!(
         m.keys().collect::<Vec<_>>(),
-        w.keys().collect::<Vec<_>>(),
+        m_ref.keys().collect::<Vec<_>>(),
         "{what}: one fp32 master per trained weight"
     );
     let (mut off_grid, mut total, mut master_out, mut weight_out, mut close) = (0, 0, 0, 0, 0);
     let mut worst = 0.0f64;
     for (k, wt) in &w {
-        let mt = &m[k];
         assert_eq!(
             wt.kind(),
             tch::Kind::BFloat16,
             "{what}: `{k}` is saved in bf16"
         );
+        let Some(mt) = m.get(k) else {
+            // Frozen (freeze fine-tuning): the bf16 cast of the same initial weight.
+            assert!(wt.equal(&w_ref[k]), "{what}: frozen `{k}` changed");
+            continue;
+        };
         assert_eq!(
             mt.kind(),
             tch::Kind::Float,
@@ -563,6 +569,26 @@ fn bf16_master_shards() {
             assert_bf16_run(what, &resumed, &ck, &out, &out.join("checkpoint-3"));
         }
     }
+    // Freeze fine-tuning (layer 0 and the embeddings frozen, bf16, sharded with their units) at FULL_SHARD.
+    let freeze = |c: &mut TrainConfig| {
+        c.finetuning_type = FinetuningType::Freeze;
+        c.num_freeze_layers = Some(1);
+    };
+    let reference = tmp.path().join("freeze-single");
+    let mut single = bf16_config(&model, &reference);
+    freeze(&mut single);
+    single.per_device_train_batch_size = 6;
+    launch(&single, 1, false);
+    let out = tmp.path().join("freeze-FULL_SHARD");
+    let mut cfg = bf16_config(&model, &out);
+    freeze(&mut cfg);
+    cfg.parallel.strategy = ShardingStrategy::FullShard;
+    cfg.parallel.checkpoint_type = CheckpointType::ShardedStateDict;
+    launch(&cfg, 2, false);
+    let what = "bf16 freeze FULL_SHARD world 2";
+    assert_losses_rel(what, &losses(&out), &losses(&reference), BF16_LOSS_REL);
+    let ref_ck = reference.join("checkpoint-3");
+    assert_bf16_run(what, &out, &out.join("checkpoint-3"), &reference, &ref_ck);
 }
 
 fn bf16_sharded_resume() {
