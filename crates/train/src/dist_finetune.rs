@@ -30,24 +30,9 @@ use crate::progress::TrainProgress;
 use crate::scheduler::LrSchedule;
 use crate::sharded_ckpt::{self, SaveArgs};
 use crate::{fsdp, interrupt};
-use ferrotune_core::train_config::{CheckpointType, ShardingStrategy, Stage, TrainConfig};
+use ferrotune_core::train_config::{CheckpointType, Stage, TrainConfig};
 use ferrotune_core::RunDir;
 use ferrotune_dist::RankEnv;
-
-/// The strategy this job runs: HYBRID_SHARD on a single node is FULL_SHARD.
-fn effective_strategy(cfg: &TrainConfig, env: &RankEnv) -> Result<ShardingStrategy, TrainError> {
-    match cfg.parallel.strategy {
-        ShardingStrategy::HybridShard if env.local_world_size >= env.world_size => {
-            tracing::info!("HYBRID_SHARD on one node: running FULL_SHARD");
-            Ok(ShardingStrategy::FullShard)
-        }
-        ShardingStrategy::HybridShard => Err(TrainError::Config(
-            "parallel.strategy = HYBRID_SHARD across several nodes is not supported yet (use FULL_SHARD)"
-                .into(),
-        )),
-        s => Ok(s),
-    }
-}
 
 /// Runs the recipe of `cfg` as one rank of the job described by `env`.
 pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummary, TrainError> {
@@ -63,13 +48,13 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
     if data.train.is_empty() {
         return Err(TrainError::Data("the training split is empty".into()));
     }
-    let strategy = effective_strategy(cfg, &env)?;
+    let strategy = crate::parallel::effective_strategy(cfg, &env);
     // One GPU per process, as torchrun: a CUDA device means `cuda:LOCAL_RANK` in a distributed run.
     let device = match ferrotune_model::resolve_device(cfg.device) {
         tch::Device::Cuda(_) => tch::Device::Cuda(env.local_rank),
         d => d,
     };
-    let dist = Dist::connect(cfg, env, device)?;
+    let dist = Dist::connect(cfg, env, device, strategy)?;
     let (rank, world) = (dist.rank(), dist.world());
     let run_dir = RunDir::new(&cfg.output_dir);
     if dist.is_main() {

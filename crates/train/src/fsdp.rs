@@ -1,4 +1,4 @@
-//! FULL_SHARD forward + backward of one micro-batch, unit by unit (the FSDP schedule with activation
+//! FULL_SHARD (and HYBRID_SHARD) forward + backward of one micro-batch, unit by unit (the FSDP schedule with activation
 //! checkpointing per decoder layer, written out like `ferrotune_model`'s checkpointed pass):
 //!
 //! 1. gather the root unit (embeddings, final norm, lm_head) for the whole micro-batch;
@@ -145,7 +145,8 @@ pub fn forward_backward(
     Ok(loss_value)
 }
 
-/// Flattens a unit's per-tensor gradients, reduce-scatters the flat, and accumulates this rank's chunk.
+/// Flattens a unit's per-tensor gradients, reduce-scatters the flat over the shard group (HYBRID_SHARD:
+/// then all-reduces the chunk across nodes), and accumulates this rank's chunk.
 fn reduce_into(
     engine: &mut Engine,
     dist: &Dist,
@@ -166,10 +167,16 @@ fn reduce_into(
         })
         .collect();
     let flat = l.flatten(&parts);
-    let chunk = dist
-        .pg
+    let mut chunk = dist
+        .shard_pg()
         .reduce_scatter(&flat, ReduceOp::Sum)
         .map_err(dist_err)?;
+    if let Some(replicas) = dist.replicas() {
+        // HYBRID_SHARD: the same chunk on the other nodes saw their ranks' micro-batches.
+        replicas
+            .all_reduce(&mut chunk, ReduceOp::Sum)
+            .map_err(dist_err)?;
+    }
     engine.accumulate_shard_grad(layout, chunk);
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! loss test) with the same global batch: world 2 × per-device 3 == world 1 × per-device 6, same
 //! accumulation. For every strategy, LoRA and full fine-tuning: equal losses and final weights (1e-5).
 //! A SHARDED_STATE_DICT checkpoint of a world-2 run resumes at world 1 and at world 3 and ends where the
-//! uninterrupted world-2 run ends (1e-5).
+//! uninterrupted world-2 run ends (1e-5). HYBRID_SHARD runs on two "nodes" of two ranks (world 4) against
+//! one process with batch 12, and its sharded checkpoint (written once, by the first node) resumes in one
+//! process.
 
 use ferrotune_core::train_config::{
     CheckpointType, FinetuningType, SchedulerType, ShardingStrategy, TrainConfig,
@@ -31,7 +33,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [(&str, fn()); 4] = [
+    let cases: [(&str, fn()); 5] = [
         ("lora_every_strategy_matches_one_process", || {
             strategies_match(FinetuningType::Lora)
         }),
@@ -45,6 +47,10 @@ fn main() {
         (
             "full_state_dict_checkpoint_is_single_process_layout",
             full_state_dict,
+        ),
+        (
+            "hybrid_shard_two_nodes_matches_one_process_and_resumes",
+            hybrid_two_nodes,
         ),
     ];
     let mut failed = 0;
@@ -170,6 +176,11 @@ fn free_port() -> u16 {
 /// Runs `cfg` on `world` ranks (world 1: one process, without the distributed environment unless
 /// `force_env`); panics with the workers' output when one fails.
 fn launch(cfg: &TrainConfig, world: usize, force_env: bool) {
+    launch_nodes(cfg, world, world, force_env)
+}
+
+/// [`launch`] with the ranks split into nodes of `per_node` (LOCAL_RANK = rank mod per_node).
+fn launch_nodes(cfg: &TrainConfig, world: usize, per_node: usize, force_env: bool) {
     let port = free_port();
     let json = serde_json::to_string(cfg).unwrap();
     let children: Vec<Child> = (0..world)
@@ -184,8 +195,8 @@ fn launch(cfg: &TrainConfig, world: usize, force_env: bool) {
             if world > 1 || force_env {
                 c.env("RANK", r.to_string())
                     .env("WORLD_SIZE", world.to_string())
-                    .env("LOCAL_RANK", r.to_string())
-                    .env("LOCAL_WORLD_SIZE", world.to_string())
+                    .env("LOCAL_RANK", (r % per_node).to_string())
+                    .env("LOCAL_WORLD_SIZE", per_node.to_string())
                     .env("MASTER_ADDR", "127.0.0.1")
                     .env("MASTER_PORT", port.to_string());
             }
@@ -333,4 +344,56 @@ fn full_state_dict() {
         &want[2..],
     );
     assert_close_weights("FULL_STATE_DICT resumed in one process", &resumed, &out);
+}
+
+fn hybrid_two_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    for ft in [FinetuningType::Lora, FinetuningType::Full] {
+        let reference = tmp.path().join(format!("single-{ft:?}"));
+        let mut single = base_config(&model, &reference, ft);
+        single.per_device_train_batch_size = 12;
+        let out = tmp.path().join(format!("hybrid-{ft:?}"));
+        let mut cfg = base_config(&model, &out, ft);
+        cfg.parallel.strategy = ShardingStrategy::HybridShard;
+        if ft == FinetuningType::Full {
+            cfg.max_steps = Some(4);
+            cfg.save_steps = 2;
+            cfg.parallel.checkpoint_type = CheckpointType::ShardedStateDict;
+            single.max_steps = Some(4);
+        }
+        launch(&single, 1, false);
+        launch_nodes(&cfg, 4, 2, false);
+        let want = losses(&reference);
+        let what = format!("{ft:?} HYBRID_SHARD 2 nodes × 2 ranks");
+        assert_close_losses(&what, &losses(&out), &want);
+        assert_close_weights(&what, &out, &reference);
+        if ft == FinetuningType::Lora {
+            continue;
+        }
+        // One copy of the shards (the first node's), then a resume in one process.
+        let ck = out.join("checkpoint-2");
+        let mut names: Vec<String> = std::fs::read_dir(&ck)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("shard-"))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "shard-00000-of-00002.safetensors",
+                "shard-00001-of-00002.safetensors"
+            ]
+        );
+        let resumed = tmp.path().join("hybrid-resumed");
+        let mut c = cfg.clone();
+        c.output_dir = resumed.clone();
+        c.per_device_train_batch_size = 12;
+        c.resume_from_checkpoint = Some(ck.display().to_string());
+        launch(&c, 1, true);
+        let what = "HYBRID_SHARD checkpoint-2 → world 1";
+        assert_close_losses(what, &losses(&resumed), &want[2..]);
+        assert_close_weights(what, &resumed, &out);
+    }
 }
