@@ -4,7 +4,8 @@
 //!
 //! The reference is the single-process recipe (itself checked against transformers + PEFT by the golden
 //! loss test) with the same global batch: world 2 × per-device 3 == world 1 × per-device 6, same
-//! accumulation. For every strategy, LoRA and full fine-tuning: equal losses and final weights (1e-5).
+//! accumulation. For every strategy, LoRA and full fine-tuning: equal losses and final weights (1e-5), and
+//! every rank reports the single process's final evaluation (the ranks split the validation batches).
 //! A SHARDED_STATE_DICT checkpoint of a world-2 run resumes at world 1 and at world 3 and ends where the
 //! uninterrupted world-2 run ends (1e-5). HYBRID_SHARD runs on two "nodes" of two ranks (world 4) against
 //! one process with batch 12, and its sharded checkpoint (written once, by the first node) resumes in one
@@ -75,7 +76,8 @@ fn main() {
 
 // ---------------------------------------------------------------- worker side
 
-/// 24 samples of 6..14 tokens (vocab 96), the first two of each masked (a "prompt").
+/// 30 samples of 6..14 tokens (vocab 96), the first two of each masked (a "prompt"); the workers train on
+/// the first 24 and evaluate on the last 6.
 fn samples() -> Vec<Sample> {
     let mut x: u64 = 12345;
     let mut next = || {
@@ -84,7 +86,7 @@ fn samples() -> Vec<Sample> {
             .wrapping_add(1442695040888963407);
         x >> 33
     };
-    (0..24)
+    (0..30)
         .map(|_| {
             let len = 6 + (next() % 9) as usize;
             let ids: Vec<i64> = (0..len).map(|_| 1 + (next() % 95) as i64).collect();
@@ -102,9 +104,11 @@ fn samples() -> Vec<Sample> {
 
 fn worker(cfg_json: &str) {
     let cfg: TrainConfig = serde_json::from_str(cfg_json).unwrap();
+    let mut train = samples();
+    let val = train.split_off(24);
     let data = TrainData {
-        train: samples(),
-        val: Vec::new(),
+        train,
+        val,
         pad_id: 0,
         tokenizer_vocab: None,
     };
@@ -113,6 +117,12 @@ fn worker(cfg_json: &str) {
         Ok(s) => {
             let out = cfg.output_dir.join(format!("losses-{rank}.json"));
             std::fs::write(out, serde_json::to_string(&s.losses).unwrap()).unwrap();
+            let m = s
+                .final_eval
+                .expect("a validation split gives a final evaluation");
+            let out = cfg.output_dir.join(format!("eval-{rank}.json"));
+            let v = [m.loss, m.accuracy, m.tokens as f64];
+            std::fs::write(out, serde_json::to_string(&v).unwrap()).unwrap();
         }
         Err(e) => {
             eprintln!("rank {rank}: {e}");
@@ -147,6 +157,7 @@ fn base_config(model: &Path, out: &Path, ft: FinetuningType) -> TrainConfig {
         lora_rank: 4,
         dataset: vec!["synthetic".into()],
         per_device_train_batch_size: 3,
+        per_device_eval_batch_size: 2,
         gradient_accumulation_steps: 2,
         learning_rate: 1e-3,
         weight_decay: 0.01,
@@ -226,6 +237,31 @@ fn losses(out: &Path) -> Vec<f64> {
     serde_json::from_str(&std::fs::read_to_string(out.join("losses-0.json")).unwrap()).unwrap()
 }
 
+/// The final evaluation (loss, accuracy, tokens) every rank reported.
+fn evals(out: &Path) -> Vec<Vec<f64>> {
+    let mut v = Vec::new();
+    for r in 0.. {
+        let Ok(text) = std::fs::read_to_string(out.join(format!("eval-{r}.json"))) else {
+            break;
+        };
+        v.push(serde_json::from_str(&text).unwrap());
+    }
+    v
+}
+
+/// Every rank's final evaluation equals the single process's.
+fn assert_same_eval(what: &str, out: &Path, reference: &Path) {
+    let want = &evals(reference)[0];
+    let got = evals(out);
+    assert!(!got.is_empty(), "{what}: no evaluation");
+    for (r, e) in got.iter().enumerate() {
+        assert!(
+            (e[0] - want[0]).abs() <= TOL && e[1] == want[1] && e[2] == want[2],
+            "{what}: rank {r} eval {e:?} vs single process {want:?}"
+        );
+    }
+}
+
 fn weights(dir: &Path) -> BTreeMap<String, Tensor> {
     let f = ["adapter_model.safetensors", "model.safetensors"]
         .iter()
@@ -284,6 +320,7 @@ fn strategies_match(ft: FinetuningType) {
         let what = format!("{ft:?} {name} world 2");
         assert_close_losses(&what, &losses(&out), &want);
         assert_close_weights(&what, &out, &reference);
+        assert_same_eval(&what, &out, &reference);
     }
 }
 
@@ -368,6 +405,7 @@ fn hybrid_two_nodes() {
         let what = format!("{ft:?} HYBRID_SHARD 2 nodes × 2 ranks");
         assert_close_losses(&what, &losses(&out), &want);
         assert_close_weights(&what, &out, &reference);
+        assert_same_eval(&what, &out, &reference);
         if ft == FinetuningType::Lora {
             continue;
         }
