@@ -34,7 +34,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [(&str, fn()); 5] = [
+    let cases: [(&str, fn()); 6] = [
         ("lora_every_strategy_matches_one_process", || {
             strategies_match(FinetuningType::Lora)
         }),
@@ -52,6 +52,10 @@ fn main() {
         (
             "hybrid_shard_two_nodes_matches_one_process_and_resumes",
             hybrid_two_nodes,
+        ),
+        (
+            "lora_from_scratch_full_state_dict_resumes_exactly",
+            lora_scratch_resume,
         ),
     ];
     let mut failed = 0;
@@ -434,4 +438,28 @@ fn hybrid_two_nodes() {
         assert_close_losses(what, &losses(&resumed), &want[2..]);
         assert_close_weights(what, &resumed, &out);
     }
+}
+
+/// A LoRA checkpoint holds only the adapter: resuming a `train_from_scratch` LoRA run (FULL_STATE_DICT
+/// from world 2, then one process) must rebuild the same random base and end where the uninterrupted run
+/// ends.
+fn lora_scratch_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let out = tmp.path().join("lora");
+    let mut cfg = base_config(&model, &out, FinetuningType::Lora);
+    cfg.parallel.strategy = ShardingStrategy::FullShard;
+    cfg.max_steps = Some(4);
+    cfg.save_steps = 2;
+    launch(&cfg, 2, false);
+    let want = losses(&out);
+    let resumed = tmp.path().join("lora-resumed");
+    let mut c = cfg.clone();
+    c.output_dir = resumed.clone();
+    c.per_device_train_batch_size = 6;
+    c.resume_from_checkpoint = Some(out.join("checkpoint-2").display().to_string());
+    launch(&c, 1, false);
+    let what = "LoRA from scratch: checkpoint-2 → one process";
+    assert_close_losses(what, &losses(&resumed), &want[2..]);
+    assert_close_weights(what, &resumed, &out);
 }
