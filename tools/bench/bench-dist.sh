@@ -6,6 +6,9 @@
 #  * memory: the parameter + optimizer bytes each rank holds between steps (counted by the trainer over the
 #    tensors it owns, logged as `resident_param_optimizer_bytes`) and each rank's peak RSS, NO_SHARD vs
 #    FULL_SHARD.
+#  * the Python peer in the same session (tools/bench/bench_dist_peer.py: transformers + torch's gloo
+#    backend, 1 thread per rank): single process, DistributedDataParallel, FSDP2 `fully_shard` (FULL_SHARD)
+#    on the same shapes with random tokens; ratio ferrotune / peer per mode.
 # Workers are started directly with the torchrun environment (what `ferrotune launch` sets).
 #   tools/bench/bench-dist.sh [STEPS]      (run through tools/with-torch, after `just build`)
 # FERROTUNE_BENCH_PRECISION=bf16 trains with `bf16 = true` (bf16 weights, fp32 master shards and moments).
@@ -65,6 +68,18 @@ for d in w1 ddp fsdp; do mkdir -p "$work/$d"; cp -r "$work/prep/.data_cache" "$w
 run w1 1 NO_SHARD
 run ddp 2 NO_SHARD
 run fsdp 2 FULL_SHARD
+peer() { # mode world
+  local mode=$1 world=$2 port=$((29600 + RANDOM % 1000))
+  for r in $(seq 0 $((world - 1))); do
+    RANK=$r WORLD_SIZE=$world LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=1 \
+      "$py" tools/bench/bench_dist_peer.py "$mode" 4 256 8 640 32000 256 2 "$steps" "$warm" \
+      > "$work/peer-$mode-$r.json" 2> "$work/peer-$mode-$r.log" &
+  done
+  wait
+}
+peer single 1
+peer ddp 2
+peer fsdp 2
 "$py" - "$work" "$warm" <<'PY'
 import json, re, sys, glob
 work, warm = sys.argv[1], int(sys.argv[2])
@@ -86,6 +101,12 @@ print(f"world 2 NO_SHARD (1+1)      {ddp:8.0f} tokens/s   per-rank efficiency {d
 print(f"world 2 FULL_SHARD (1+1)    {fsdp:8.0f} tokens/s   per-rank efficiency {fsdp / (2 * w1):.2f}")
 for n in ["w1", "ddp", "fsdp"]:
     print(f"{n:5s} resident param+optimizer bytes per rank {resident(n)}  peak RSS MiB per rank {rss(n)}")
+peer = {m: json.load(open(f"{work}/peer-{m}-0.json")) for m in ["single", "ddp", "fsdp"]}
+p1 = peer["single"]["tokens_per_second"]
+for label, m, ours in [("world 1", "single", w1), ("NO_SHARD / DDP", "ddp", ddp), ("FULL_SHARD / FSDP2", "fsdp", fsdp)]:
+    pr = peer[m]["tokens_per_second"]
+    print(f"peer {label:20s} {pr:8.0f} tokens/s   per-rank efficiency {pr / (2 * p1) if m != 'single' else 1:.2f}"
+          f"   peak RSS MiB {[round(x) for x in peer[m]['peak_rss_mib']]}   ferrotune/peer {ours / pr:.2f}x")
 rd, rf = resident("ddp"), resident("fsdp")
 if all(rd) and all(rf):
     print(f"FULL_SHARD / NO_SHARD resident bytes per rank: {max(rf) / max(rd):.3f} (1/world = 0.5)")

@@ -200,6 +200,23 @@ fn worker(
         .map(|_| zero.to_device(device))
         .map_err(Into::into);
     report("barrier".into(), got, &zero);
+    // A subgroup (HYBRID_SHARD's kind): the ranks of this rank's parity, bootstrapped through the store.
+    let members: Vec<usize> = (r % 2..w).step_by(2).collect();
+    let n = members.len();
+    let got = pg
+        .subgroup(&format!("selftest/parity{}", r % 2), &members)
+        .map_err(anyhow::Error::from)
+        .and_then(|sub| {
+            let mut t = Tensor::full([4], r as f64, (Kind::Float, device));
+            sub.all_reduce(&mut t, ReduceOp::Sum)?;
+            Ok(t)
+        });
+    let want = Tensor::full(
+        [4],
+        members.iter().sum::<usize>() as f64,
+        (Kind::Float, Device::Cpu),
+    );
+    report(format!("subgroup/parity{} size={n}", r % 2), got, &want);
     if args.big > 0 {
         // Timing of a large bf16 all_reduce (ones → world), with NCCL's bus-bandwidth convention.
         let mut t = Tensor::ones([args.big], (Kind::BFloat16, device));

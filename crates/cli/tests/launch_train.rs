@@ -1,7 +1,8 @@
-//! Two "nodes" on one machine train together: two `ferrotune launch --nnodes 2` processes (one worker
-//! each, master 127.0.0.1) run `train` with `parallel.strategy = NO_SHARD` and per-device batch 1, and
-//! must give the same per-step losses and final LoRA weights as one `ferrotune train` process with batch 2
-//! (fp32, tolerance 1e-5).
+//! Two "nodes" on one machine train together: two `ferrotune launch --nnodes 2` processes (master
+//! 127.0.0.1) run `train` with per-device batch 1 and must give the same per-step losses and final LoRA
+//! weights as one `ferrotune train` process with the same global batch (fp32, tolerance 1e-5):
+//! `NO_SHARD` with one worker per node, and `HYBRID_SHARD` with two (sharded within each node,
+//! replicated across the two).
 //!
 //! Fixture: a tokenizer trained by `ferrotune train-tokenizer`, a tiny random Llama saved as an HF
 //! directory, and a small alpaca dataset.
@@ -120,6 +121,16 @@ fn wait(mut c: Child, what: &str) -> String {
 
 #[test]
 fn two_launchers_train_like_one_process() {
+    two_nodes_like_one_process("NO_SHARD", 1);
+}
+
+#[test]
+fn two_launchers_hybrid_shard_train_like_one_process() {
+    two_nodes_like_one_process("HYBRID_SHARD", 2);
+}
+
+/// Two launchers × `per_node` workers with `strategy`, against one process with batch 2 · `per_node`.
+fn two_nodes_like_one_process(strategy: &str, per_node: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cfg = fixture(dir);
@@ -129,6 +140,8 @@ fn two_launchers_train_like_one_process() {
         .arg(&cfg)
         .arg("--set")
         .arg(format!("output_dir={}", single.display()))
+        .arg("--set")
+        .arg(format!("per_device_train_batch_size={}", 2 * per_node))
         .output()
         .unwrap();
     assert!(
@@ -153,7 +166,7 @@ fn two_launchers_train_like_one_process() {
                 "--node-rank",
                 k,
                 "--nproc-per-node",
-                "1",
+                &per_node.to_string(),
             ])
             .args([
                 "--master-addr",
@@ -167,7 +180,7 @@ fn two_launchers_train_like_one_process() {
             .arg(&cfg)
             .args(["--set", &format!("output_dir={}", dist.display())])
             .args(["--set", "per_device_train_batch_size=1"])
-            .args(["--set", "parallel.strategy=NO_SHARD"])
+            .args(["--set", &format!("parallel.strategy={strategy}")])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -177,12 +190,18 @@ fn two_launchers_train_like_one_process() {
     let out0 = wait(n0, "node 0");
     wait(n1, "node 1");
     assert!(out0.contains("[rank 0] "), "{out0}");
+    if per_node > 1 {
+        assert!(out0.contains("[rank 1] "), "{out0}");
+    }
 
     let (a, b) = (losses(&single), losses(&dist));
     assert_eq!(a.len(), 4, "{a:?}");
     assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
     for (x, y) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 1e-5, "losses differ: {a:?} vs {b:?}");
+        assert!(
+            (x - y).abs() <= 1e-5,
+            "{strategy}: losses differ: {a:?} vs {b:?}"
+        );
     }
     let read = |run: &Path| {
         let mut v = tch::Tensor::read_safetensors(run.join("adapter_model.safetensors")).unwrap();
@@ -194,6 +213,6 @@ fn two_launchers_train_like_one_process() {
     for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
         assert_eq!(na, nb);
         let d = (ta - tb).abs().max().double_value(&[]);
-        assert!(d <= 1e-5, "{na}: max |diff| {d}");
+        assert!(d <= 1e-5, "{strategy}: {na}: max |diff| {d}");
     }
 }

@@ -84,14 +84,21 @@ pub enum DistError {
     },
 }
 
-/// The ranks of one job, connected.
+/// The ranks of one job (or of a subgroup of it), connected.
 #[derive(Debug)]
 pub struct ProcessGroup {
+    /// This process's rank within the group.
     rank: usize,
     world_size: usize,
+    /// This process's rank in the whole job (errors name it).
+    global_rank: usize,
     backend: Backend,
     timeout: Duration,
     comm: Comm,
+    /// What subgroups bootstrap through: the job's store, the CUDA device, the gloo listen address.
+    store: Arc<TcpStore>,
+    local_rank: usize,
+    gloo_host: String,
 }
 
 /// The connected backend.
@@ -116,59 +123,138 @@ impl ProcessGroup {
             env.master_port,
             timeout,
         )?);
-        if backend == Backend::Nccl {
-            let nccl = NcclComm::connect(
-                rank,
-                env.world_size,
-                env.local_rank,
-                "nccl/default",
-                &store,
-                timeout,
-            )
-            .map_err(|msg| DistError::Collective {
-                rank,
-                op: "init (nccl communicator)",
-                timeout,
-                msg,
-            })?;
-            tracing::debug!(
-                rank,
-                world_size = env.world_size,
-                device = nccl.device(),
-                "nccl process group connected"
-            );
-            return Ok(ProcessGroup {
-                rank,
-                world_size: env.world_size,
-                backend,
-                timeout,
-                comm: Comm::Nccl(nccl),
-            });
-        }
-        let host = gloo_hostname(&env.master_addr);
-        let gloo = GlooComm::connect(rank, env.world_size, &host, "gloo/default", store, timeout)
-            .map_err(|msg| DistError::Collective {
+        let members: Vec<usize> = (0..env.world_size).collect();
+        Self::connect(
             rank,
-            op: "init (gloo rendezvous)",
-            timeout,
-            msg,
-        })?;
-        tracing::debug!(
-            rank,
-            world_size = env.world_size,
-            "gloo process group connected"
-        );
-        Ok(ProcessGroup {
-            rank,
-            world_size: env.world_size,
+            &members,
+            "default",
             backend,
             timeout,
-            comm: Comm::Gloo(gloo),
+            store,
+            env.local_rank,
+            gloo_hostname(&env.master_addr),
+        )
+    }
+
+    /// A new group of the job's ranks `members` (global ranks, ascending; this rank among them), named
+    /// `name` (unique per group in the job: the store keys of its rendezvous live under it). Like torch's
+    /// `new_group`, every member calls it with the same arguments; non-members do not call it. The new
+    /// group's rank of this process is its position in `members`.
+    pub fn subgroup(&self, name: &str, members: &[usize]) -> Result<ProcessGroup, DistError> {
+        let bad = |msg: String| DistError::BadTensor {
+            rank: self.global_rank,
+            op: "subgroup",
+            msg,
+        };
+        if members.is_empty() || members.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(format!(
+                "subgroup `{name}`: members {members:?} must be ascending and distinct"
+            )));
+        }
+        if members.iter().any(|&m| m >= self.world_size) {
+            return Err(bad(format!(
+                "subgroup `{name}`: members {members:?} reach beyond the world size {}",
+                self.world_size
+            )));
+        }
+        let Some(sub_rank) = members.iter().position(|&m| m == self.rank) else {
+            return Err(bad(format!(
+                "subgroup `{name}`: this rank ({}) is not among the members {members:?}",
+                self.rank
+            )));
+        };
+        Self::connect(
+            sub_rank,
+            members,
+            &format!("sub/{name}"),
+            self.backend,
+            self.timeout,
+            self.store.clone(),
+            self.local_rank,
+            self.gloo_host.clone(),
+        )
+        .map(|mut g| {
+            g.global_rank = self.global_rank;
+            g
         })
     }
 
+    /// Builds the backend communicator of `members` (this process at position `rank`) through `store`.
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        rank: usize,
+        members: &[usize],
+        name: &str,
+        backend: Backend,
+        timeout: Duration,
+        store: Arc<TcpStore>,
+        local_rank: usize,
+        gloo_host: String,
+    ) -> Result<Self, DistError> {
+        let world_size = members.len();
+        let global_rank = members[rank];
+        let fail = |op: &'static str, msg: String| DistError::Collective {
+            rank: global_rank,
+            op,
+            timeout,
+            msg,
+        };
+        let comm = match backend {
+            Backend::Nccl => {
+                let prefix = format!("nccl/{name}");
+                let nccl =
+                    NcclComm::connect(rank, world_size, local_rank, &prefix, &store, timeout)
+                        .map_err(|msg| fail("init (nccl communicator)", msg))?;
+                tracing::debug!(
+                    rank = global_rank,
+                    group = name,
+                    world_size,
+                    device = nccl.device(),
+                    "nccl process group connected"
+                );
+                Comm::Nccl(nccl)
+            }
+            Backend::Gloo => {
+                let prefix = format!("gloo/{name}");
+                let gloo = GlooComm::connect(
+                    rank,
+                    world_size,
+                    &gloo_host,
+                    &prefix,
+                    store.clone(),
+                    timeout,
+                )
+                .map_err(|msg| fail("init (gloo rendezvous)", msg))?;
+                tracing::debug!(
+                    rank = global_rank,
+                    group = name,
+                    world_size,
+                    "gloo process group connected"
+                );
+                Comm::Gloo(gloo)
+            }
+        };
+        Ok(ProcessGroup {
+            rank,
+            world_size,
+            global_rank,
+            backend,
+            timeout,
+            comm,
+            store,
+            local_rank,
+            gloo_host,
+        })
+    }
+
+    /// This process's rank within the group.
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    /// This process's rank in the whole job.
+    pub fn global_rank(&self) -> usize {
+        self.global_rank
     }
 
     pub fn world_size(&self) -> usize {
@@ -333,7 +419,7 @@ impl ProcessGroup {
 
     fn fail(&self, op: &'static str, msg: String) -> DistError {
         DistError::Collective {
-            rank: self.rank,
+            rank: self.global_rank,
             op,
             timeout: self.timeout,
             msg,
@@ -342,7 +428,7 @@ impl ProcessGroup {
 
     fn bad(&self, op: &'static str, msg: String) -> DistError {
         DistError::BadTensor {
-            rank: self.rank,
+            rank: self.global_rank,
             op,
             msg,
         }

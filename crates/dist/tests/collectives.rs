@@ -20,9 +20,10 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [(&str, fn()); 4] = [
+    let cases: [(&str, fn()); 5] = [
         ("collectives_world_2", || collectives(2)),
         ("collectives_world_3", || collectives(3)),
+        ("subgroups_of_world_4_node_and_replica", subgroups),
         (
             "rank_that_never_joins_times_out_naming_rank_and_op",
             never_joins,
@@ -102,6 +103,21 @@ fn collectives(world: usize) {
     }
 }
 
+/// World 4 as two "nodes" of two ranks: every rank joins its node group ({0,1} or {2,3}) and its replica
+/// group ({0,2} or {1,3}), as HYBRID_SHARD does, and runs every collective check in both.
+fn subgroups() {
+    let port = free_port();
+    let children: Vec<Child> = (0..4).map(|r| spawn("subgroups", r, 4, port)).collect();
+    for (rank, child) in children.into_iter().enumerate() {
+        let (code, out, _) = finish(child, Duration::from_secs(90));
+        assert_eq!(code, Some(0), "rank {rank} of 4 failed:\n{out}");
+        assert!(
+            out.contains("subgroup collectives ok"),
+            "rank {rank}:\n{out}"
+        );
+    }
+}
+
 fn never_joins() {
     // World size 2, but rank 1 is never started: rank 0's init must fail within its 2 s timeout.
     let (code, out, took) = finish(
@@ -129,7 +145,7 @@ fn stalled_peer() {
 fn worker(role: &str) -> i32 {
     let env = RankEnv::from_env().expect("worker environment");
     let timeout = match role {
-        "collectives" => Duration::from_secs(30),
+        "collectives" | "subgroups" => Duration::from_secs(30),
         _ => Duration::from_secs(2),
     };
     let pg = match ProcessGroup::init(&env, Backend::Gloo, timeout) {
@@ -145,6 +161,26 @@ fn worker(role: &str) -> i32 {
                 check_all(&pg, kind);
             }
             println!("rank {}: all collectives ok", pg.rank());
+            0
+        }
+        "subgroups" => {
+            let r = pg.rank();
+            let node: Vec<usize> = if r < 2 { vec![0, 1] } else { vec![2, 3] };
+            let replica = vec![r % 2, r % 2 + 2];
+            let node_pg = pg.subgroup(&format!("node{}", r / 2), &node).unwrap();
+            let replica_pg = pg.subgroup(&format!("replica{}", r % 2), &replica).unwrap();
+            assert_eq!((node_pg.rank(), node_pg.world_size()), (r % 2, 2));
+            assert_eq!((replica_pg.rank(), replica_pg.world_size()), (r / 2, 2));
+            assert_eq!(replica_pg.global_rank(), r);
+            for kind in KINDS {
+                check_all(&node_pg, kind);
+                check_all(&replica_pg, kind);
+            }
+            // The parent group still works after its subgroups exist.
+            check_all(&pg, Kind::Float);
+            let err = pg.subgroup("outsider", &[(r + 1) % 4]).unwrap_err();
+            assert!(err.to_string().contains("not among the members"), "{err}");
+            println!("rank {r}: subgroup collectives ok");
             0
         }
         "stall" if pg.rank() == 1 => {

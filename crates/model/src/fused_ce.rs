@@ -67,7 +67,11 @@ impl LlamaForCausalLM {
     ) -> Tensor {
         match self.fused_head_weight() {
             Some(w) => self.forward_backward_hidden(input_ids, position_ids, mask, &mut |h| {
-                fused_ce_backward(h, &w, labels, denom, scale)
+                let (loss, surrogate) = fused_ce_surrogate(h, &w, labels, denom, scale);
+                if surrogate.requires_grad() {
+                    surrogate.backward();
+                }
+                loss
             }),
             None => self.forward_backward(input_ids, position_ids, mask, &mut |logits| {
                 let (sum, _) = shifted_ce_sum(logits, labels);
@@ -75,18 +79,32 @@ impl LlamaForCausalLM {
             }),
         }
     }
+
+    /// The fused loss head on final hidden states `h` (inside an autograd graph), when the head allows it
+    /// (else `None`: use the logits): `(loss, surrogate)` as [`fused_ce_surrogate`], for callers that run
+    /// the backward themselves (e.g. `Tensor::run_backward` in a sharded recipe).
+    pub fn fused_ce_head(
+        &self,
+        h: &Tensor,
+        labels: &Tensor,
+        denom: f64,
+        scale: f64,
+    ) -> Option<(Tensor, Tensor)> {
+        let w = self.fused_head_weight()?;
+        Some(fused_ce_surrogate(h, &w, labels, denom, scale))
+    }
 }
 
 /// The fused loss head on final hidden states `h` [B,T,H] (part of an autograd graph) and logit weight `w`
-/// [V,H]: back-propagates `scale · Σ CE / denom` into `h`'s graph (and `w` when it requires grad) and returns
-/// that loss, detached (fp32 scalar).
-pub fn fused_ce_backward(
+/// [V,H]: returns `scale · Σ CE / denom`, detached (fp32 scalar), and the surrogate scalar `Σ h·dh (+ Σ w·dW)`
+/// whose backward puts exactly the loss's gradients into `h`'s graph (and `w` when it requires grad).
+pub fn fused_ce_surrogate(
     h: &Tensor,
     w: &Tensor,
     labels: &Tensor,
     denom: f64,
     scale: f64,
-) -> Tensor {
+) -> (Tensor, Tensor) {
     let (b, t, hidden) = h.size3().expect("hidden states are [B,T,H]");
     let v = w.size()[0];
     let dev = h.device();
@@ -137,8 +155,5 @@ pub fn fused_ce_backward(
     if let Some(dw) = dw {
         surrogate += (w * dw.to_kind(w.kind())).sum(Kind::Float);
     }
-    if surrogate.requires_grad() {
-        surrogate.backward();
-    }
-    (loss / denom) * scale
+    ((loss / denom) * scale, surrogate)
 }

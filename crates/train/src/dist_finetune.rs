@@ -9,7 +9,7 @@
 //!    global window is summed over ranks first, so `Σ CE / N_global` summed over ranks is exactly the
 //!    single-process loss; gradients are reduced (all-reduce / reduce-scatter), clipped by the global
 //!    norm, and AdamW steps on what this rank owns;
-//! 4. rank 0 logs and evaluates; checkpoints are collective ([`crate::sharded_ckpt`]); rank 0 writes the
+//! 4. every rank evaluates its share of the validation batches, rank 0 logs; checkpoints are collective ([`crate::sharded_ckpt`]); rank 0 writes the
 //!    final weights.
 //!
 //! With the same global batch the sample stream, losses and weights are the single process's (fp32; up
@@ -21,11 +21,11 @@
 //! all ranks skip an overflowing step and back off the scale together. LoRA dropout masks are drawn per
 //! rank, so with `lora_dropout > 0` a distributed run is a different (equally valid) draw.
 
-use crate::batches::HostBatch;
+use crate::batches::{HostBatch, Sample};
 use crate::checkpoint::{self, SamplerPosition, SchedulerState, TrainerState};
 use crate::engine::Engine;
 use crate::error::TrainError;
-use crate::eval::{evaluate, EvalMetrics};
+use crate::eval::{eval_sums, EvalMetrics};
 use crate::finetune::{RunSummary, TrainData};
 use crate::loss_scale::LossScaler;
 use crate::metrics::{peak_rss_mib, MetricsLog, MetricsRecord};
@@ -36,26 +36,9 @@ use crate::progress::TrainProgress;
 use crate::scheduler::LrSchedule;
 use crate::sharded_ckpt::{self, SaveArgs};
 use crate::{fsdp, interrupt};
-use ferrotune_core::train_config::{
-    CheckpointType, FinetuningType, ShardingStrategy, Stage, TrainConfig,
-};
+use ferrotune_core::train_config::{CheckpointType, FinetuningType, Stage, TrainConfig};
 use ferrotune_core::RunDir;
 use ferrotune_dist::RankEnv;
-
-/// The strategy this job runs: HYBRID_SHARD on a single node is FULL_SHARD.
-fn effective_strategy(cfg: &TrainConfig, env: &RankEnv) -> Result<ShardingStrategy, TrainError> {
-    match cfg.parallel.strategy {
-        ShardingStrategy::HybridShard if env.local_world_size >= env.world_size => {
-            tracing::info!("HYBRID_SHARD on one node: running FULL_SHARD");
-            Ok(ShardingStrategy::FullShard)
-        }
-        ShardingStrategy::HybridShard => Err(TrainError::Config(
-            "parallel.strategy = HYBRID_SHARD across several nodes is not supported yet (use FULL_SHARD)"
-                .into(),
-        )),
-        s => Ok(s),
-    }
-}
 
 /// Runs the recipe of `cfg` as one rank of the job described by `env`.
 pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummary, TrainError> {
@@ -66,13 +49,13 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
     if data.train.is_empty() {
         return Err(TrainError::Data("the training split is empty".into()));
     }
-    let strategy = effective_strategy(cfg, &env)?;
+    let strategy = crate::parallel::effective_strategy(cfg, &env);
     // One GPU per process, as torchrun: a CUDA device means `cuda:LOCAL_RANK` in a distributed run.
     let device = match ferrotune_model::resolve_device(cfg.device) {
         tch::Device::Cuda(_) => tch::Device::Cuda(env.local_rank),
         d => d,
     };
-    let dist = Dist::connect(cfg, env, device)?;
+    let dist = Dist::connect(cfg, env, device, strategy)?;
     let (rank, world) = (dist.rank(), dist.world());
     let run_dir = RunDir::new(&cfg.output_dir);
     if dist.is_main() {
@@ -246,21 +229,19 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         let mut local_loss = 0.0;
         for mb in window {
             let (ids, pos_ids, mask, labels) = mb.to_tensors(tm.device);
-            let mut loss_fn = |logits: &tch::Tensor| {
-                let (sum, _) = ferrotune_model::shifted_ce_sum(logits, &labels);
-                (sum / denom) * scale
-            };
+            // The fused chunked loss head, as in the single-process recipe (scaled under fp16).
             local_loss += (if engine.fully_sharded() {
                 fsdp::forward_backward(
                     &mut engine,
                     &dist,
                     &tm,
                     (&ids, &pos_ids, &mask),
-                    &mut loss_fn,
+                    &labels,
+                    (denom, scale),
                 )?
             } else {
                 tm.model
-                    .forward_backward(&ids, &pos_ids, &mask, &mut loss_fn)
+                    .forward_backward_ce(&ids, &pos_ids, &mask, &labels, denom, scale)
                     .double_value(&[])
             }) / scale;
             progress.add_tokens(mb.input_tokens());
@@ -407,7 +388,8 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
     })
 }
 
-/// Evaluates on rank 0 with the full model gathered (FULL_SHARD); the others wait.
+/// Evaluates with the full model gathered (FULL_SHARD), every rank on its share of the validation batches
+/// (batch j on rank j mod world, the single-process batches); the sums are added over ranks.
 fn eval_all(
     cfg: &TrainConfig,
     data: &TrainData,
@@ -421,19 +403,18 @@ fn eval_all(
         return Ok(None);
     }
     engine.gather_all(dist)?;
-    let m = if dist.is_main() {
-        evaluate(
-            &tm.model,
-            &data.val,
-            cfg.per_device_eval_batch_size,
-            data.pad_id,
-            tm.device,
-        )
-    } else {
-        None
-    };
+    let bs = cfg.per_device_eval_batch_size.max(1);
+    let mine: Vec<&Sample> = data
+        .val
+        .chunks(bs)
+        .skip(dist.rank())
+        .step_by(dist.world())
+        .flatten()
+        .collect();
+    let sums = eval_sums(&tm.model, &mine, bs, data.pad_id, tm.device);
     engine.release_all();
-    dist.barrier()?;
+    let total = dist.sum_f64(&sums)?;
+    let m = Some(EvalMetrics::from_sums([total[0], total[1], total[2]]));
     if let (Some(m), Some(log)) = (&m, metrics) {
         tracing::info!(step = state.global_step, eval_loss = m.loss, "eval");
         log.append(&MetricsRecord {

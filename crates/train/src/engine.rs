@@ -9,6 +9,10 @@
 //! | `NO_SHARD` (DDP) | full, views of one flat per unit | all-reduced in buckets of `bucket_cap_mb` | full |
 //! | `SHARD_GRAD_OP` (ZeRO-2) | full, views of one flat per unit | reduce-scattered | this rank's chunk; updated chunk all-gathered |
 //! | `FULL_SHARD` (ZeRO-3/FSDP) | this rank's chunk; a unit is gathered around its forward/recompute | reduce-scattered per micro-batch | this rank's chunk |
+//! | `HYBRID_SHARD` | FULL_SHARD within the node | reduce-scattered in the node, then all-reduced across nodes | this rank's chunk (one copy per node) |
+//!
+//! "This rank's chunk" is its chunk within the shard group ([`Dist::shard_pg`]: all ranks, or this node's
+//! under HYBRID_SHARD).
 //!
 //! With FULL_SHARD the frozen base weights are sharded the same way (per-unit frozen layouts, gathered with
 //! their unit), so a LoRA run holds 1/world of the base as well. Without mixed precision the master copy
@@ -78,7 +82,7 @@ impl Engine {
         adam: AdamWConfig,
         bucket_cap_mb: f64,
     ) -> Result<Self, TrainError> {
-        let (rank, world) = (dist.rank(), dist.world());
+        let (rank, world) = (dist.shard_rank(), dist.shard_world());
         let layouts = build_layouts(tm.trainable(), world, "").map_err(TrainError::Config)?;
         let sharded = strategy != ShardingStrategy::NoShard;
         let mut states = Vec::with_capacity(layouts.len());
@@ -138,8 +142,12 @@ impl Engine {
         })
     }
 
+    /// FULL_SHARD or HYBRID_SHARD: parameters live as shards, units are gathered around their use.
     pub fn fully_sharded(&self) -> bool {
-        self.strategy == ShardingStrategy::FullShard
+        matches!(
+            self.strategy,
+            ShardingStrategy::FullShard | ShardingStrategy::HybridShard
+        )
     }
 
     /// Mixed precision: takes fp32 masters (and fp32 moments) from `fp32`, the trainable tensors' values
@@ -225,7 +233,7 @@ impl Engine {
                 }
                 _ => {
                     s.grad = Some(
-                        dist.pg
+                        dist.shard_pg()
                             .reduce_scatter(&flat, ReduceOp::Sum)
                             .map_err(dist_err)?,
                     );
@@ -261,7 +269,7 @@ impl Engine {
         let sumsq = if self.strategy == ShardingStrategy::NoShard {
             local
         } else {
-            dist.sum_f64(&[local])?[0]
+            dist.shard_sum_f64(&[local])?[0]
         };
         let norm = sumsq.sqrt();
         if max_norm > 0.0 {
@@ -306,7 +314,7 @@ impl Engine {
                 ),
             }
             if self.strategy == ShardingStrategy::ShardGradOp {
-                let gathered = dist.pg.all_gather(&s.master).map_err(dist_err)?;
+                let gathered = dist.shard_pg().all_gather(&s.master).map_err(dist_err)?;
                 let full = s.full.as_mut().expect("SHARD_GRAD_OP keeps the full flat");
                 tch::no_grad(|| full.copy_(&gathered));
             }
@@ -348,7 +356,7 @@ impl Engine {
             return Ok(());
         }
         for (l, shard) in self.all_sharded() {
-            let full = dist.pg.all_gather(shard).map_err(dist_err)?;
+            let full = dist.shard_pg().all_gather(shard).map_err(dist_err)?;
             l.install(&full);
         }
         Ok(())
@@ -375,7 +383,7 @@ impl Engine {
     pub fn gather_unit(&self, dist: &Dist, unit: &str) -> Result<(), TrainError> {
         for (l, shard) in self.all_sharded() {
             if unit_key(&l.key) == unit {
-                let full = dist.pg.all_gather(shard).map_err(dist_err)?;
+                let full = dist.shard_pg().all_gather(shard).map_err(dist_err)?;
                 l.install(&full);
             }
         }
@@ -409,7 +417,7 @@ impl Engine {
                     s.exp_avg_sq.shallow_clone(),
                 ],
                 _ => {
-                    let g = |t: &Tensor| dist.pg.all_gather(t).map_err(dist_err);
+                    let g = |t: &Tensor| dist.shard_pg().all_gather(t).map_err(dist_err);
                     [g(master)?, g(&s.exp_avg)?, g(&s.exp_avg_sq)?]
                 }
             });

@@ -1,7 +1,7 @@
 //! Evaluation on the validation split: token-weighted mean cross-entropy, perplexity and next-token
 //! accuracy over the labelled positions (the same positions the training loss counts).
 
-use crate::batches::{epoch_batches, Sample};
+use crate::batches::{HostBatch, Sample};
 use ferrotune_model::{shifted_ce_sum, LlamaForCausalLM};
 use tch::{Device, Kind};
 
@@ -25,10 +25,26 @@ pub fn evaluate(
     if samples.is_empty() {
         return None;
     }
+    let rows: Vec<&Sample> = samples.iter().collect();
+    Some(EvalMetrics::from_sums(eval_sums(
+        model, &rows, batch_size, pad_id, device,
+    )))
+}
+
+/// The sums behind [`EvalMetrics`] over `samples` — (Σ CE, correct predictions, labelled tokens) — so that
+/// ranks holding disjoint parts of the split can add theirs up.
+pub fn eval_sums(
+    model: &LlamaForCausalLM,
+    samples: &[&Sample],
+    batch_size: usize,
+    pad_id: i64,
+    device: Device,
+) -> [f64; 3] {
     model.set_training(false);
     let (mut loss_sum, mut correct, mut n) = (0.0f64, 0i64, 0i64);
     tch::no_grad(|| {
-        for b in epoch_batches(samples, batch_size, 0, 0, false, pad_id) {
+        for rows in samples.chunks(batch_size.max(1)) {
+            let b = HostBatch::collate(rows, pad_id);
             let (ids, pos, mask, labels) = b.to_tensors(device);
             let logits = model.forward(&ids, &pos, &mask, None);
             let (sum, count) = shifted_ce_sum(&logits, &labels);
@@ -42,11 +58,18 @@ pub fn evaluate(
         }
     });
     model.set_training(true);
-    let loss = loss_sum / n.max(1) as f64;
-    Some(EvalMetrics {
-        loss,
-        perplexity: loss.exp(),
-        accuracy: correct as f64 / n.max(1) as f64,
-        tokens: n as u64,
-    })
+    [loss_sum, correct as f64, n as f64]
+}
+
+impl EvalMetrics {
+    /// Token-weighted metrics from [`eval_sums`] (added over ranks).
+    pub fn from_sums([loss_sum, correct, n]: [f64; 3]) -> Self {
+        let loss = loss_sum / n.max(1.0);
+        EvalMetrics {
+            loss,
+            perplexity: loss.exp(),
+            accuracy: correct / n.max(1.0),
+            tokens: n as u64,
+        }
+    }
 }

@@ -1,10 +1,11 @@
-//! FULL_SHARD forward + backward of one micro-batch, unit by unit (the FSDP schedule with activation
+//! FULL_SHARD (and HYBRID_SHARD) forward + backward of one micro-batch, unit by unit (the FSDP schedule with activation
 //! checkpointing per decoder layer, written out like `ferrotune_model`'s checkpointed pass):
 //!
 //! 1. gather the root unit (embeddings, final norm, lm_head) for the whole micro-batch;
 //! 2. for each decoder layer: all-gather its flat shards into the model, run it under `no_grad` keeping only
 //!    its input, free it again;
-//! 3. the loss head with autograd on a detached copy of the last hidden state;
+//! 3. the loss head (the fused chunked one of `ferrotune_model::fused_ce` when it applies) with autograd on
+//!    a detached copy of the last hidden state;
 //! 4. from the last layer to the first: gather the layer again, recompute it from its saved input with
 //!    autograd, take the vector-Jacobian product for its input and its trainable tensors
 //!    (`Tensor::run_backward`, which does not touch `.grad`), free the layer, flatten its gradient and
@@ -24,14 +25,15 @@ use tch::{Device, Kind, Tensor};
 
 const ROOT: &str = "root";
 
-/// One micro-batch through the sharded model: returns the loss value and adds this rank's chunk of the
-/// reduced gradient to the engine's accumulators.
+/// One micro-batch through the sharded model: returns its loss `scale · Σ CE(labels) / denom` and adds
+/// this rank's chunk of the reduced gradient to the engine's accumulators.
 pub fn forward_backward(
     engine: &mut Engine,
     dist: &Dist,
     tm: &TrainModel,
     (ids, pos_ids, mask): (&Tensor, &Tensor, &AttentionMask),
-    loss_fn: &mut dyn FnMut(&Tensor) -> Tensor,
+    labels: &Tensor,
+    (denom, scale): (f64, f64),
 ) -> Result<f64, TrainError> {
     let model = &tm.model;
     let n_layers = model.model.layers.len();
@@ -78,13 +80,20 @@ pub fn forward_backward(
         .expect("at least the embeddings")
         .detach()
         .set_requires_grad(true);
-    let logits = model.logits(&model.model.norm.forward(&last));
-    let loss = loss_fn(&logits);
-    let loss_value = loss.double_value(&[]);
+    let h = model.model.norm.forward(&last);
+    // The fused chunked head when the model allows it (as the single-process recipe), else full logits.
+    let (loss_value, target) = match model.fused_ce_head(&h, labels, denom, scale) {
+        Some((loss, surrogate)) => (loss.double_value(&[]), surrogate),
+        None => {
+            let (sum, _) = ferrotune_model::shifted_ce_sum(&model.logits(&h), labels);
+            let loss = (sum / denom) * scale;
+            (loss.double_value(&[]), loss)
+        }
+    };
     let mut wrt = vec![last.shallow_clone()];
     wrt.extend(root_params.iter().map(Tensor::shallow_clone));
-    let mut g = Tensor::run_backward(&[&loss], &wrt, false, false);
-    drop((logits, loss));
+    let mut g = Tensor::run_backward(&[&target], &wrt, false, false);
+    drop((h, target));
     let mut grad = g.remove(0);
     let mut root_grads = g;
 
@@ -145,7 +154,8 @@ pub fn forward_backward(
     Ok(loss_value)
 }
 
-/// Flattens a unit's per-tensor gradients, reduce-scatters the flat, and accumulates this rank's chunk.
+/// Flattens a unit's per-tensor gradients, reduce-scatters the flat over the shard group (HYBRID_SHARD:
+/// then all-reduces the chunk across nodes), and accumulates this rank's chunk.
 fn reduce_into(
     engine: &mut Engine,
     dist: &Dist,
@@ -166,10 +176,16 @@ fn reduce_into(
         })
         .collect();
     let flat = engine.grad_for_reduce(l.flatten(&parts));
-    let chunk = dist
-        .pg
+    let mut chunk = dist
+        .shard_pg()
         .reduce_scatter(&flat, ReduceOp::Sum)
         .map_err(dist_err)?;
+    if let Some(replicas) = dist.replicas() {
+        // HYBRID_SHARD: the same chunk on the other nodes saw their ranks' micro-batches.
+        replicas
+            .all_reduce(&mut chunk, ReduceOp::Sum)
+            .map_err(dist_err)?;
+    }
     engine.accumulate_shard_grad(layout, chunk);
     Ok(())
 }

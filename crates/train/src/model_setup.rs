@@ -36,28 +36,24 @@ pub fn setup(
         _ if cfg.pure_bf16 => DType::BF16,
         _ => DType::F32,
     };
-    let (mut model, vs) = if cfg.train_from_scratch && resume.is_none() {
+    let (mut model, vs) = if cfg.train_from_scratch {
         let mc = ferrotune_model::LlamaConfig::from_json_file(
             &cfg.model_name_or_path.join("config.json"),
         )?;
         let mut vs = tch::nn::VarStore::new(device);
         vs.set_kind(ferrotune_model::kind_of(base_dtype));
         let mut model = LlamaForCausalLM::load(vs.root(), &mc)?;
-        model.init_weights(cfg.seed as i64);
-        crate::qlora::quantize_in_place(cfg, &mut model)?;
-        tracing::info!(
-            "training from scratch: weights initialised with seed {}",
-            cfg.seed
-        );
+        // A full/freeze checkpoint holds every weight; a LoRA one only the adapter, so a resumed LoRA run
+        // rebuilds its random base exactly as the fresh run did (same seed, same quantization).
+        if resume.is_none() || cfg.finetuning_type == FinetuningType::Lora {
+            model.init_weights(cfg.seed as i64);
+            crate::qlora::quantize_in_place(cfg, &mut model)?;
+            tracing::info!(
+                "training from scratch: weights initialised with seed {}",
+                cfg.seed
+            );
+        }
         (model, vs)
-    } else if cfg.train_from_scratch {
-        // Resuming a from-scratch run: the checkpoint holds every weight.
-        let mc = ferrotune_model::LlamaConfig::from_json_file(
-            &cfg.model_name_or_path.join("config.json"),
-        )?;
-        let mut vs = tch::nn::VarStore::new(device);
-        vs.set_kind(ferrotune_model::kind_of(base_dtype));
-        (LlamaForCausalLM::load(vs.root(), &mc)?, vs)
     } else {
         // QLoRA: the frozen base is quantized while it streams in (plain load otherwise).
         crate::qlora::load_base(cfg, base_dtype, device)?

@@ -13,6 +13,8 @@
 //!   `param.<unit>` is the fp32 master chunk (the bf16 weights are its rounding). A resume at any world size
 //!   concatenates the old chunks, drops the old padding and takes its own chunk of the new padding; the
 //!   tensors keep their saved dtype until they are copied into the engine.
+//!   Under HYBRID_SHARD every node holds a copy of the shards: the first node's ranks write them
+//!   (`shard-<r>-of-<ranks per node>`).
 
 use crate::checkpoint::{self, RngState, SchedulerState, TrainerState};
 use crate::engine::Engine;
@@ -39,7 +41,18 @@ pub struct DistState {
     pub checkpoint_type: CheckpointType,
     /// Samples per global micro-batch (world × per-device batch): the unit of the sampler position.
     pub global_micro_batch: usize,
+    /// The number of `shard-*` files (the shard group's size: the world size, or the ranks per node under
+    /// HYBRID_SHARD, whose other nodes hold copies). Absent in older checkpoints: the world size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
     pub layouts: Vec<LayoutMeta>,
+}
+
+impl DistState {
+    /// How many shard files the checkpoint has.
+    pub fn shard_count(&self) -> usize {
+        self.shards.unwrap_or(self.world_size)
+    }
 }
 
 /// Whether `dir` is a SHARDED_STATE_DICT checkpoint.
@@ -99,9 +112,11 @@ pub fn save(
                 tensors.push((format!("exp_avg.{}", l.key), m.contiguous()));
                 tensors.push((format!("exp_avg_sq.{}", l.key), v.contiguous()));
             }
-            let path = tmp.join(shard_file(dist.rank(), dist.world()));
-            Tensor::write_safetensors(&tensors, &path)?;
-            sync(&path)?;
+            if dist.writes_shard() {
+                let path = tmp.join(shard_file(dist.shard_rank(), dist.shard_world()));
+                Tensor::write_safetensors(&tensors, &path)?;
+                sync(&path)?;
+            }
         }
         CheckpointType::FullStateDict => {
             let full = engine.full_state(dist)?;
@@ -122,6 +137,7 @@ pub fn save(
             strategy: format!("{:?}", engine.strategy),
             checkpoint_type: kind,
             global_micro_batch: a.global_micro_batch,
+            shards: Some(dist.shard_world()),
             layouts: engine.layouts.iter().map(|l| l.meta()).collect(),
         };
         write_json(&tmp.join(DIST_STATE), &ds)?;
@@ -191,11 +207,12 @@ pub fn load(dir: &Path, engine: &mut Engine) -> Result<(), TrainError> {
     let invalid = |m: String| TrainError::Config(format!("checkpoint {}: {m}", dir.display()));
     match read_dist_state(dir).filter(|s| s.checkpoint_type == CheckpointType::ShardedStateDict) {
         Some(ds) => {
-            let mut shards: Vec<BTreeMap<String, Tensor>> = Vec::with_capacity(ds.world_size);
-            for r in 0..ds.world_size {
-                let path = dir.join(shard_file(r, ds.world_size));
+            let n = ds.shard_count();
+            let mut shards: Vec<BTreeMap<String, Tensor>> = Vec::with_capacity(n);
+            for r in 0..n {
+                let path = dir.join(shard_file(r, n));
                 if !path.is_file() {
-                    return Err(invalid(format!("missing {}", shard_file(r, ds.world_size))));
+                    return Err(invalid(format!("missing {}", shard_file(r, n))));
                 }
                 shards.push(Tensor::read_safetensors(&path)?.into_iter().collect());
             }

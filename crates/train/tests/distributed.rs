@@ -4,9 +4,12 @@
 //!
 //! The reference is the single-process recipe (itself checked against transformers + PEFT by the golden
 //! loss test) with the same global batch: world 2 × per-device 3 == world 1 × per-device 6, same
-//! accumulation. For every strategy, LoRA and full fine-tuning: equal losses and final weights (1e-5).
+//! accumulation. For every strategy, LoRA and full fine-tuning: equal losses and final weights (1e-5), and
+//! every rank reports the single process's final evaluation (the ranks split the validation batches).
 //! A SHARDED_STATE_DICT checkpoint of a world-2 run resumes at world 1 and at world 3 and ends where the
-//! uninterrupted world-2 run ends (1e-5).
+//! uninterrupted world-2 run ends (1e-5). HYBRID_SHARD runs on two "nodes" of two ranks (world 4) against
+//! one process with batch 12, and its sharded checkpoint (written once, by the first node) resumes in one
+//! process.
 //!
 //! bf16 mixed precision (full fine-tuning, fp32 master shards): world 2 for every strategy against the
 //! single-process bf16 recipe (tolerances from bf16 rounding, see [`bf16_master_shards`]), the saved fp32
@@ -38,7 +41,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let cases: [(&str, fn()); 7] = [
+    let cases: [(&str, fn()); 9] = [
         ("lora_every_strategy_matches_one_process", || {
             strategies_match(FinetuningType::Lora)
         }),
@@ -52,6 +55,14 @@ fn main() {
         (
             "full_state_dict_checkpoint_is_single_process_layout",
             full_state_dict,
+        ),
+        (
+            "hybrid_shard_two_nodes_matches_one_process_and_resumes",
+            hybrid_two_nodes,
+        ),
+        (
+            "lora_from_scratch_full_state_dict_resumes_exactly",
+            lora_scratch_resume,
         ),
         ("bf16_master_shards_match_one_process", bf16_master_shards),
         (
@@ -82,7 +93,8 @@ fn main() {
 
 // ---------------------------------------------------------------- worker side
 
-/// 24 samples of 6..14 tokens (vocab 96), the first two of each masked (a "prompt").
+/// 30 samples of 6..14 tokens (vocab 96), the first two of each masked (a "prompt"); the workers train on
+/// the first 24 and evaluate on the last 6.
 fn samples() -> Vec<Sample> {
     let mut x: u64 = 12345;
     let mut next = || {
@@ -91,7 +103,7 @@ fn samples() -> Vec<Sample> {
             .wrapping_add(1442695040888963407);
         x >> 33
     };
-    (0..24)
+    (0..30)
         .map(|_| {
             let len = 6 + (next() % 9) as usize;
             let ids: Vec<i64> = (0..len).map(|_| 1 + (next() % 95) as i64).collect();
@@ -109,9 +121,11 @@ fn samples() -> Vec<Sample> {
 
 fn worker(cfg_json: &str) {
     let cfg: TrainConfig = serde_json::from_str(cfg_json).unwrap();
+    let mut train = samples();
+    let val = train.split_off(24);
     let data = TrainData {
-        train: samples(),
-        val: Vec::new(),
+        train,
+        val,
         pad_id: 0,
         tokenizer_vocab: None,
     };
@@ -120,6 +134,12 @@ fn worker(cfg_json: &str) {
         Ok(s) => {
             let out = cfg.output_dir.join(format!("losses-{rank}.json"));
             std::fs::write(out, serde_json::to_string(&s.losses).unwrap()).unwrap();
+            let m = s
+                .final_eval
+                .expect("a validation split gives a final evaluation");
+            let out = cfg.output_dir.join(format!("eval-{rank}.json"));
+            let v = [m.loss, m.accuracy, m.tokens as f64];
+            std::fs::write(out, serde_json::to_string(&v).unwrap()).unwrap();
         }
         Err(e) => {
             eprintln!("rank {rank}: {e}");
@@ -154,6 +174,7 @@ fn base_config(model: &Path, out: &Path, ft: FinetuningType) -> TrainConfig {
         lora_rank: 4,
         dataset: vec!["synthetic".into()],
         per_device_train_batch_size: 3,
+        per_device_eval_batch_size: 2,
         gradient_accumulation_steps: 2,
         learning_rate: 1e-3,
         weight_decay: 0.01,
@@ -183,6 +204,11 @@ fn free_port() -> u16 {
 /// Runs `cfg` on `world` ranks (world 1: one process, without the distributed environment unless
 /// `force_env`); panics with the workers' output when one fails.
 fn launch(cfg: &TrainConfig, world: usize, force_env: bool) {
+    launch_nodes(cfg, world, world, force_env)
+}
+
+/// [`launch`] with the ranks split into nodes of `per_node` (LOCAL_RANK = rank mod per_node).
+fn launch_nodes(cfg: &TrainConfig, world: usize, per_node: usize, force_env: bool) {
     let port = free_port();
     let json = serde_json::to_string(cfg).unwrap();
     let children: Vec<Child> = (0..world)
@@ -197,8 +223,8 @@ fn launch(cfg: &TrainConfig, world: usize, force_env: bool) {
             if world > 1 || force_env {
                 c.env("RANK", r.to_string())
                     .env("WORLD_SIZE", world.to_string())
-                    .env("LOCAL_RANK", r.to_string())
-                    .env("LOCAL_WORLD_SIZE", world.to_string())
+                    .env("LOCAL_RANK", (r % per_node).to_string())
+                    .env("LOCAL_WORLD_SIZE", per_node.to_string())
                     .env("MASTER_ADDR", "127.0.0.1")
                     .env("MASTER_PORT", port.to_string());
             }
@@ -226,6 +252,31 @@ fn launch(cfg: &TrainConfig, world: usize, force_env: bool) {
 
 fn losses(out: &Path) -> Vec<f64> {
     serde_json::from_str(&std::fs::read_to_string(out.join("losses-0.json")).unwrap()).unwrap()
+}
+
+/// The final evaluation (loss, accuracy, tokens) every rank reported.
+fn evals(out: &Path) -> Vec<Vec<f64>> {
+    let mut v = Vec::new();
+    for r in 0.. {
+        let Ok(text) = std::fs::read_to_string(out.join(format!("eval-{r}.json"))) else {
+            break;
+        };
+        v.push(serde_json::from_str(&text).unwrap());
+    }
+    v
+}
+
+/// Every rank's final evaluation equals the single process's.
+fn assert_same_eval(what: &str, out: &Path, reference: &Path) {
+    let want = &evals(reference)[0];
+    let got = evals(out);
+    assert!(!got.is_empty(), "{what}: no evaluation");
+    for (r, e) in got.iter().enumerate() {
+        assert!(
+            (e[0] - want[0]).abs() <= TOL && e[1] == want[1] && e[2] == want[2],
+            "{what}: rank {r} eval {e:?} vs single process {want:?}"
+        );
+    }
 }
 
 fn weights(dir: &Path) -> BTreeMap<String, Tensor> {
@@ -286,6 +337,7 @@ fn strategies_match(ft: FinetuningType) {
         let what = format!("{ft:?} {name} world 2");
         assert_close_losses(&what, &losses(&out), &want);
         assert_close_weights(&what, &out, &reference);
+        assert_same_eval(&what, &out, &reference);
     }
 }
 
@@ -348,11 +400,88 @@ fn full_state_dict() {
     assert_close_weights("FULL_STATE_DICT resumed in one process", &resumed, &out);
 }
 
+fn hybrid_two_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    for ft in [FinetuningType::Lora, FinetuningType::Full] {
+        let reference = tmp.path().join(format!("single-{ft:?}"));
+        let mut single = base_config(&model, &reference, ft);
+        single.per_device_train_batch_size = 12;
+        let out = tmp.path().join(format!("hybrid-{ft:?}"));
+        let mut cfg = base_config(&model, &out, ft);
+        cfg.parallel.strategy = ShardingStrategy::HybridShard;
+        if ft == FinetuningType::Full {
+            cfg.max_steps = Some(4);
+            cfg.save_steps = 2;
+            cfg.parallel.checkpoint_type = CheckpointType::ShardedStateDict;
+            single.max_steps = Some(4);
+        }
+        launch(&single, 1, false);
+        launch_nodes(&cfg, 4, 2, false);
+        let want = losses(&reference);
+        let what = format!("{ft:?} HYBRID_SHARD 2 nodes × 2 ranks");
+        assert_close_losses(&what, &losses(&out), &want);
+        assert_close_weights(&what, &out, &reference);
+        assert_same_eval(&what, &out, &reference);
+        if ft == FinetuningType::Lora {
+            continue;
+        }
+        // One copy of the shards (the first node's), then a resume in one process.
+        let ck = out.join("checkpoint-2");
+        let mut names: Vec<String> = std::fs::read_dir(&ck)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("shard-"))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "shard-00000-of-00002.safetensors",
+                "shard-00001-of-00002.safetensors"
+            ]
+        );
+        let resumed = tmp.path().join("hybrid-resumed");
+        let mut c = cfg.clone();
+        c.output_dir = resumed.clone();
+        c.per_device_train_batch_size = 12;
+        c.resume_from_checkpoint = Some(ck.display().to_string());
+        launch(&c, 1, true);
+        let what = "HYBRID_SHARD checkpoint-2 → world 1";
+        assert_close_losses(what, &losses(&resumed), &want[2..]);
+        assert_close_weights(what, &resumed, &out);
+    }
+}
+
+/// A LoRA checkpoint holds only the adapter: resuming a `train_from_scratch` LoRA run (FULL_STATE_DICT
+/// from world 2, then one process) must rebuild the same random base and end where the uninterrupted run
+/// ends.
+fn lora_scratch_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let out = tmp.path().join("lora");
+    let mut cfg = base_config(&model, &out, FinetuningType::Lora);
+    cfg.parallel.strategy = ShardingStrategy::FullShard;
+    cfg.max_steps = Some(4);
+    cfg.save_steps = 2;
+    launch(&cfg, 2, false);
+    let want = losses(&out);
+    let resumed = tmp.path().join("lora-resumed");
+    let mut c = cfg.clone();
+    c.output_dir = resumed.clone();
+    c.per_device_train_batch_size = 6;
+    c.resume_from_checkpoint = Some(out.join("checkpoint-2").display().to_string());
+    launch(&c, 1, false);
+    let what = "LoRA from scratch: checkpoint-2 → one process";
+    assert_close_losses(what, &losses(&resumed), &want[2..]);
+    assert_close_weights(what, &resumed, &out);
+}
+
 // ---------------------------------------------------------------- bf16 mixed precision
 
 /// bf16 mixed-precision tolerances. The distributed run sums per-rank bf16 gradients in fp32 where the
-/// single process accumulates one bf16 gradient of the whole micro-batch (and uses the fused loss head),
-/// so gradients agree to bf16 rounding, not bit for bit:
+/// single process accumulates one bf16 gradient of the whole micro-batch, so gradients agree to bf16
+/// rounding, not bit for bit:
 /// * losses: relative 1e-2. The forward runs in bf16 (8-bit significand, 2^-9 ≈ 2e-3 relative rounding
 ///   per op); the same weights give losses far closer than 1 %, a wrong update or batch does not.
 /// * fp32 masters: AdamW moves each element by ≈ lr·m̂/√v̂, insensitive to the gradient's scale, so a
@@ -414,7 +543,8 @@ fn masters(ck: &Path) -> BTreeMap<String, Tensor> {
     }
     let ds: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ds).unwrap()).unwrap();
-    let world = ds["world_size"].as_u64().unwrap() as usize;
+    // The shard group's size (HYBRID_SHARD: the ranks per node), else the world size.
+    let world = ds["shards"].as_u64().or(ds["world_size"].as_u64()).unwrap() as usize;
     let shards: Vec<BTreeMap<String, Tensor>> = (0..world)
         .map(|r| {
             let f = ck.join(format!("shard-{r:05}-of-{world:05}.safetensors"));
