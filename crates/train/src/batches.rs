@@ -6,6 +6,7 @@
 //! The order of an epoch is a pure function of `(seed, epoch)`, so a run resumed at "epoch e, k
 //! micro-batches consumed" sees exactly the batches the uninterrupted run would have seen.
 
+use ferrotune_data::{DistributedSampler, SamplerConfig};
 use ferrotune_model::AttentionMask;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -134,26 +135,16 @@ fn pack_layout(samples: &[&Sample], t: usize) -> PackedRows {
     (segs, poss)
 }
 
-/// splitmix64, the generator behind the epoch shuffle (tiny, seedable, stable across platforms).
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The sample order of `epoch`: a Fisher-Yates shuffle seeded by `(seed, epoch)`, or the identity.
+/// The sample order of `epoch`: the data crate's [`DistributedSampler`] at world size 1 (a Fisher-Yates
+/// shuffle seeded by `(seed, epoch)`, or the identity).
 pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if shuffle {
-        let mut state = seed ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        for i in (1..n).rev() {
-            let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
-    }
-    order
+    let cfg = SamplerConfig {
+        batch_size: 1,
+        shuffle,
+        seed,
+        ..SamplerConfig::default()
+    };
+    DistributedSampler::new(cfg, vec![0; n]).rank_indices(epoch)
 }
 
 /// The micro-batches of one epoch (the last one may be smaller; none is dropped).
@@ -165,14 +156,7 @@ pub fn epoch_batches(
     shuffle: bool,
     pad_id: i64,
 ) -> Vec<HostBatch> {
-    let order = epoch_order(samples.len(), seed, epoch, shuffle);
-    order
-        .chunks(batch_size.max(1))
-        .map(|idx| {
-            let rows: Vec<&Sample> = idx.iter().map(|i| &samples[*i]).collect();
-            HostBatch::collate(&rows, pad_id)
-        })
-        .collect()
+    crate::parallel::rank_epoch_batches(samples, batch_size, seed, epoch, shuffle, pad_id, 0, 1)
 }
 
 /// Splits off a validation set: `val_size` < 1 is a fraction, else a count; the split is a seeded shuffle.

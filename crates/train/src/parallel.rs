@@ -1,9 +1,9 @@
 //! The distributed side of a run: the process group, which micro-batches each rank sees, and exact
 //! cross-rank sums of host numbers (token counts, losses, squared gradient norms).
 //!
-//! **Data.** The single-process order of an epoch (`batches::epoch_order`) is padded by wrapping around to
-//! a multiple of the world size (torch's `DistributedSampler`, as `ferrotune_data::DistributedSampler`),
-//! rank `r` takes every `world`-th sample starting at `r`, and cuts its share into micro-batches of
+//! **Data.** The data crate's [`DistributedSampler`] (torch's): the single-process order of an epoch is
+//! padded by wrapping around to a multiple of the world size, rank `r` takes every `world`-th sample
+//! starting at `r`, and cuts its share into micro-batches of
 //! `per_device_train_batch_size`. Micro-batch `j` of all ranks together is then exactly micro-batch `j` of
 //! one process with `world × per_device_train_batch_size` samples per micro-batch, so with
 //! `gradient_accumulation_steps` unchanged the global batch is `world × per_device × accumulation` and the
@@ -14,9 +14,10 @@
 //! ranks with this local rank on the other nodes) all-reduces the reduce-scattered gradient chunks, so each
 //! node holds one full copy of the sharded state.
 
-use crate::batches::{epoch_order, HostBatch, Sample};
+use crate::batches::{HostBatch, Sample};
 use crate::error::TrainError;
 use ferrotune_core::train_config::{ShardingStrategy, TrainConfig};
+use ferrotune_data::{DistributedSampler, SamplerConfig};
 use ferrotune_dist::{Backend, ProcessGroup, RankEnv};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
@@ -34,15 +35,18 @@ pub fn rank_epoch_batches(
     rank: usize,
     world: usize,
 ) -> Vec<HostBatch> {
-    let mut order = epoch_order(samples.len(), seed, epoch, shuffle);
-    let n = order.len();
-    let total = n.div_ceil(world) * world;
-    if total > n && n > 0 {
-        let pad: Vec<usize> = order.iter().copied().cycle().take(total - n).collect();
-        order.extend(pad);
-    }
-    let mine: Vec<usize> = order.into_iter().skip(rank).step_by(world).collect();
-    mine.chunks(batch_size.max(1))
+    let cfg = SamplerConfig {
+        batch_size: batch_size.max(1),
+        rank,
+        world_size: world,
+        shuffle,
+        seed,
+        drop_last: false,
+        group_by_length: false,
+    };
+    DistributedSampler::new(cfg, vec![0; samples.len()])
+        .batches(epoch)
+        .into_iter()
         .map(|idx| {
             let rows: Vec<&Sample> = idx.iter().map(|i| &samples[*i]).collect();
             HostBatch::collate(&rows, pad_id)
