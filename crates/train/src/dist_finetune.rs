@@ -15,7 +15,7 @@
 //! With the same global batch the sample stream, losses and weights are the single process's (fp32; up
 //! to summation order). `bf16` full/freeze fine-tuning is mixed precision as in the single process: the
 //! model computes in bf16 and every rank keeps fp32 masters (and moments) of what it owns
-//! ([`Engine::attach_fp32_masters`]); LoRA's `bf16` is a bf16 frozen base with fp32 adapters. `fp16` is
+//! ([`Engine::keep_fp32_masters`]); LoRA's `bf16` is a bf16 frozen base with fp32 adapters. `fp16` is
 //! the single process's too (an f16 frozen base for LoRA, fp32 trained weights) with dynamic loss scaling:
 //! the overflow check runs on the reduced gradients and is agreed across ranks ([`Engine::unscale`]), so
 //! all ranks skip an overflowing step and back off the scale together. LoRA dropout masks are drawn per
@@ -89,20 +89,13 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         eps: cfg.adam_epsilon,
         weight_decay: cfg.weight_decay,
     };
-    // bf16 mixed precision for full / freeze (as the single-process recipe): fp32 masters taken now, from
-    // the fp32 weights, then the model computes in bf16 (the engine's flats are bf16).
-    let fp32_masters = (cfg.bf16 && cfg.finetuning_type != FinetuningType::Lora).then(|| {
-        let m: Vec<(String, tch::Tensor)> = tm
-            .trainable()
-            .into_iter()
-            .map(|(n, t)| (n, t.detach().to_kind(tch::Kind::Float).copy()))
-            .collect();
-        tm._vs.set_kind(tch::Kind::BFloat16);
-        m
-    });
     let mut engine = Engine::new(&tm, strategy, &dist, adam, cfg.parallel.bucket_cap_mb)?;
-    if let Some(m) = fp32_masters {
-        engine.attach_fp32_masters(&dist, &m)?;
+    // bf16 mixed precision for full / freeze (as the single-process recipe): the engine's fp32 flats of the
+    // fp32 model become the fp32 master shards, and the model computes in bf16 (the engine's flats are
+    // bf16). No full-model copy is made.
+    if cfg.bf16 && cfg.finetuning_type != FinetuningType::Lora {
+        engine.keep_fp32_masters(tch::Kind::BFloat16);
+        tm._vs.set_kind(tch::Kind::BFloat16);
         tracing::info!(
             "bf16 mixed precision: bf16 weights for compute, fp32 master shards and moments, fp32 gradient reduction"
         );

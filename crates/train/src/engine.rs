@@ -20,7 +20,7 @@
 //! AdamW's arithmetic is element-wise, so running it on flats is the per-tensor `optim::AdamW` update, op
 //! for op.
 //!
-//! **Mixed precision** (`bf16` with full/freeze fine-tuning, [`Engine::attach_fp32_masters`]): the flats
+//! **Mixed precision** (`bf16` with full/freeze fine-tuning, [`Engine::keep_fp32_masters`]): the flats
 //! the model computes with are bf16 (so FULL_SHARD gathers half the bytes), and each rank keeps an fp32
 //! master of what it owns (NO_SHARD: the whole flat; SHARD_GRAD_OP / FULL_SHARD: its chunk) plus fp32
 //! moments. Gradients are reduced in fp32 — the bf16 flat gradient is cast before the all-reduce /
@@ -150,40 +150,41 @@ impl Engine {
         )
     }
 
-    /// Mixed precision: takes fp32 masters (and fp32 moments) from `fp32`, the trainable tensors' values
-    /// captured before the model was cast to its compute dtype (by name; rank 0's are broadcast). Each
-    /// rank keeps the master of what it owns: the whole flat (NO_SHARD) or its chunk.
-    pub fn attach_fp32_masters(
-        &mut self,
-        dist: &Dist,
-        fp32: &[(String, Tensor)],
-    ) -> Result<(), TrainError> {
-        let by_name: std::collections::HashMap<&str, &Tensor> =
-            fp32.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        for (l, s) in self.layouts.iter().zip(&mut self.states) {
-            let parts = l
-                .params
-                .iter()
-                .map(|p| {
-                    by_name
-                        .get(p.name.as_str())
-                        .map(|t| t.shallow_clone())
-                        .ok_or_else(|| {
-                            TrainError::Config(format!("no fp32 master for `{}`", p.name))
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut full = l.flatten_kind(&parts, Kind::Float);
-            dist.pg.broadcast(&mut full, 0).map_err(dist_err)?;
-            let m = match self.strategy {
-                ShardingStrategy::NoShard => full,
-                _ => l.chunk_of(&full, self.rank).copy(),
-            };
-            s.exp_avg = m.zeros_like();
-            s.exp_avg_sq = m.zeros_like();
-            s.fp32_master = Some(m);
-        }
-        Ok(())
+    /// Mixed precision: call right after [`Engine::new`] on an fp32 model. What the engine holds of the
+    /// trainable flats (NO_SHARD: the full flat; SHARD_GRAD_OP / FULL_SHARD: this rank's chunk) becomes the
+    /// fp32 master — no copy of the model is taken — and the parameters (installed flats, FULL_SHARD's
+    /// shards, frozen shards) are cast to `kind`. The moments are fp32 already. Afterwards cast the rest of
+    /// the model (e.g. a NO_SHARD run's frozen tensors) to `kind` too.
+    pub fn keep_fp32_masters(&mut self, kind: Kind) {
+        let rank = self.rank;
+        tch::no_grad(|| {
+            for (l, s) in self.layouts.iter_mut().zip(&mut self.states) {
+                l.kind = kind;
+                match s.full.take() {
+                    Some(full32) => {
+                        let full = full32.to_kind(kind);
+                        l.install(&full);
+                        let (master, master32) = match self.strategy {
+                            ShardingStrategy::NoShard => (full.shallow_clone(), full32),
+                            // A copy, so the rest of the fp32 flat is released.
+                            _ => (l.chunk_of(&full, rank), l.chunk_of(&full32, rank).copy()),
+                        };
+                        s.full = Some(full);
+                        s.master = master;
+                        s.fp32_master = Some(master32);
+                    }
+                    None => {
+                        let master32 = std::mem::replace(&mut s.master, Tensor::new());
+                        s.master = master32.to_kind(kind);
+                        s.fp32_master = Some(master32);
+                    }
+                }
+            }
+            for (l, shard) in self.frozen.iter_mut().zip(&mut self.frozen_shards) {
+                l.kind = kind;
+                *shard = shard.to_kind(kind);
+            }
+        });
     }
 
     /// Whether AdamW runs on fp32 masters of lower-precision parameters.
