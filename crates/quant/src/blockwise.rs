@@ -67,6 +67,9 @@ pub struct Packed4 {
     pub numel: i64,
 }
 
+/// Elements per step of [`Packed4::dequantize`] (16 MiB of fp32).
+pub const DEQUANT_CHUNK: i64 = 1 << 22;
+
 /// `x` (any float kind) flattened to fp32 and reshaped to [blocks, block] with zero padding, as the kernels
 /// load a partial last block.
 fn blocks_of(x: &Tensor, block: i64) -> Tensor {
@@ -160,21 +163,60 @@ impl Packed4 {
     /// `dequantize_4bit`: `quant_map[code] * absmax` in fp32, flat with `numel` values.
     pub fn dequantize_f32(&self) -> Tensor {
         let _g = tch::no_grad_guard();
-        let dev = self.packed.device();
-        // One gather per byte: a [256, 2] table of (high, low) values.
-        let bytes = Tensor::arange(256, (Kind::Int64, dev));
-        let pair_idx = Tensor::stack(&[bytes.floor_divide_scalar(16), bytes.remainder(16)], 1);
-        let pairs = self
-            .quant_map
-            .index_select(0, &pair_idx.reshape([-1]))
-            .reshape([256, 2]);
-        let vals = pairs
+        let vals = self
+            .pair_table()
             .index_select(0, &self.packed.to_kind(Kind::Int))
             .reshape([-1]);
         let vals = vals.narrow(0, 0, self.numel);
         (blocks_of(&vals, self.block_size) * self.absmax_f32().unsqueeze(-1))
             .reshape([-1])
             .narrow(0, 0, self.numel)
+    }
+
+    /// [`Packed4::dequantize_f32`] rounded to `kind` (flat), computed [`DEQUANT_CHUNK`] elements at a time:
+    /// the same values bit for bit, but the int32 indices and fp32 temporaries stay a few MiB instead of
+    /// several times the weight (what a QLoRA forward allocates per projection).
+    pub fn dequantize(&self, kind: Kind) -> Tensor {
+        self.dequantize_chunked(kind, DEQUANT_CHUNK)
+    }
+
+    /// [`Packed4::dequantize`] with at most `chunk` elements (rounded down to whole blocks, at least one)
+    /// per step.
+    pub fn dequantize_chunked(&self, kind: Kind, chunk: i64) -> Tensor {
+        let _g = tch::no_grad_guard();
+        let dev = self.packed.device();
+        let (bs, n) = (self.block_size, self.numel);
+        let pairs = self.pair_table();
+        let absmax = self.absmax_f32();
+        let out = Tensor::empty([n], (kind, dev));
+        let per = (chunk / bs).max(1) * bs;
+        let mut start = 0;
+        while start < n {
+            let len = per.min(n - start);
+            // Elements [start, start + len) are bytes [start / 2, ⌈(start + len) / 2⌉): `start` is a
+            // multiple of the (even) block size.
+            let bytes = self.packed.narrow(0, start / 2, (len + 1) / 2);
+            let vals = pairs
+                .index_select(0, &bytes.to_kind(Kind::Int))
+                .reshape([-1])
+                .narrow(0, 0, len);
+            let scale = absmax.narrow(0, start / bs, (len + bs - 1) / bs);
+            let deq = (blocks_of(&vals, bs) * scale.unsqueeze(-1))
+                .reshape([-1])
+                .narrow(0, 0, len);
+            out.narrow(0, start, len).copy_(&deq);
+            start += len;
+        }
+        out
+    }
+
+    /// The [256, 2] table of (high nibble, low nibble) values per packed byte: one gather per byte.
+    fn pair_table(&self) -> Tensor {
+        let bytes = Tensor::arange(256, (Kind::Int64, self.packed.device()));
+        let pair_idx = Tensor::stack(&[bytes.floor_divide_scalar(16), bytes.remainder(16)], 1);
+        self.quant_map
+            .index_select(0, &pair_idx.reshape([-1]))
+            .reshape([256, 2])
     }
 
     /// The stored tensors (packed codes, absmax state, maps) with bitsandbytes' names under `{key}.`:

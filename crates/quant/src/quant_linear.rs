@@ -124,11 +124,11 @@ impl LinearKernel for QuantLinear {
     fn matmul(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let y = match &self.data {
-            QuantData::FourBit(_) => {
-                let w = {
-                    let _g = tch::no_grad_guard();
-                    self.dequantize_f32().to_kind(self.compute_dtype)
-                };
+            QuantData::FourBit(p) => {
+                // Dequantized in bounded chunks straight into the compute dtype (bitsandbytes' values).
+                let w = p
+                    .dequantize(self.compute_dtype)
+                    .reshape([self.out_features, self.in_features]);
                 x.to_kind(self.compute_dtype).matmul(&w.tr())
             }
             QuantData::Int8(q) => q.matmul(x, self.compute_dtype),
@@ -138,7 +138,12 @@ impl LinearKernel for QuantLinear {
 
     fn dense_weight(&self, kind: Kind) -> Tensor {
         let _g = tch::no_grad_guard();
-        self.dequantize_f32().to_kind(kind)
+        match &self.data {
+            QuantData::FourBit(p) => p
+                .dequantize(kind)
+                .reshape([self.out_features, self.in_features]),
+            QuantData::Int8(q) => q.dequantize_f32().to_kind(kind),
+        }
     }
 
     fn shape(&self) -> (i64, i64) {

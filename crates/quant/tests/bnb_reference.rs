@@ -96,6 +96,19 @@ fn check_against_reference(weights: &[(String, Tensor)], variants: &[&str]) -> u
                     }
                 }
                 assert_bits(&what("dequantized"), &p.dequantize_f32(), want("deq"));
+                // Chunked into the compute dtype (QuantLinear's forward): the same values, rounded once.
+                // A chunk of 1000 elements is 15 whole blocks, so the weights span many chunks.
+                assert_bits(
+                    &what("dequantized in chunks"),
+                    &p.dequantize_chunked(Kind::Float, 1000),
+                    want("deq"),
+                );
+                assert!(
+                    p.dequantize_chunked(Kind::BFloat16, 1000)
+                        .equal(&p.dequantize_f32().to_kind(Kind::BFloat16)),
+                    "{}",
+                    what("bf16 dequantized in chunks")
+                );
             }
             checks += 1;
         }
