@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod checkpoint_index;
 pub mod checkpointing;
 pub mod config;
 pub mod convert;
@@ -31,6 +32,7 @@ pub mod rope;
 pub mod safetensors_io;
 
 pub use cache::KvCache;
+pub use checkpoint_index::CheckpointIndex;
 pub use config::{LlamaConfig, RopeScaling};
 pub use device::{dtype_of, kind_of, resolve_device};
 pub use error::ModelError;

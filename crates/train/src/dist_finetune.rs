@@ -36,7 +36,9 @@ use crate::progress::TrainProgress;
 use crate::scheduler::LrSchedule;
 use crate::sharded_ckpt::{self, SaveArgs};
 use crate::{fsdp, interrupt};
-use ferrotune_core::train_config::{CheckpointType, FinetuningType, Stage, TrainConfig};
+use ferrotune_core::train_config::{
+    CheckpointType, FinetuningType, ShardingStrategy, Stage, TrainConfig,
+};
 use ferrotune_core::RunDir;
 use ferrotune_dist::RankEnv;
 
@@ -72,16 +74,31 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         .is_some_and(|s| s.checkpoint_type == CheckpointType::ShardedStateDict);
 
     // --- model, engine, schedule ---
-    let mut tm = model_setup::setup(
-        cfg,
-        device,
-        data.tokenizer_vocab,
-        if sharded_resume {
-            None
-        } else {
-            resume.as_deref()
-        },
-    )?;
+    // Fully sharded: the base stays unread and each rank reads only its shards of it (unless the weights
+    // come from a full checkpoint being resumed, or the base cannot be left unread).
+    let fully_sharded = matches!(
+        strategy,
+        ShardingStrategy::FullShard | ShardingStrategy::HybridShard
+    );
+    let base_weights_resumed = resume.is_some() && !sharded_resume;
+    let unloaded = if fully_sharded && !base_weights_resumed {
+        model_setup::setup_unloaded(cfg, device, data.tokenizer_vocab)?
+    } else {
+        None
+    };
+    let mut tm = match unloaded {
+        Some(tm) => tm,
+        None => model_setup::setup(
+            cfg,
+            device,
+            data.tokenizer_vocab,
+            if sharded_resume {
+                None
+            } else {
+                resume.as_deref()
+            },
+        )?,
+    };
     let (n_trainable, n_total) = tm.parameter_counts();
     let adam = AdamWConfig {
         beta1: cfg.adam_beta1,

@@ -83,26 +83,48 @@ impl Engine {
         bucket_cap_mb: f64,
     ) -> Result<Self, TrainError> {
         let (rank, world) = (dist.shard_rank(), dist.shard_world());
-        let layouts = build_layouts(tm.trainable(), world, "").map_err(TrainError::Config)?;
+        let layouts =
+            build_layouts(tm.trainable(), world, "", tm.device).map_err(TrainError::Config)?;
         let sharded = strategy != ShardingStrategy::NoShard;
+        // A fully sharded run on an unread base reads each rank's chunks from the checkpoint files (the
+        // same files on every rank: nothing to broadcast); the other layouts are flattened from the model.
+        let unread = |l: &FlatLayout| {
+            tm.unloaded
+                .as_ref()
+                .filter(|ix| l.params.iter().any(|p| ix.contains(&p.name)))
+        };
         let mut states = Vec::with_capacity(layouts.len());
         for l in &layouts {
-            let mut full = l.flatten_values();
-            dist.pg.broadcast(&mut full, 0).map_err(dist_err)?;
-            let (full, master) = match strategy {
-                ShardingStrategy::NoShard => {
-                    l.install(&full);
-                    (Some(full.shallow_clone()), full)
-                }
-                ShardingStrategy::ShardGradOp => {
-                    l.install(&full);
-                    let m = l.chunk_of(&full, rank);
-                    (Some(full), m)
-                }
-                _ => {
-                    let m = l.chunk_of(&full, rank).copy();
+            let (full, master) = match (strategy, unread(l)) {
+                (ShardingStrategy::FullShard | ShardingStrategy::HybridShard, Some(ix)) => {
+                    let m = l.chunk_from(ix, rank)?;
                     l.free();
                     (None, m)
+                }
+                (_, Some(_)) => {
+                    return Err(TrainError::Config(
+                        "an unread base needs FULL_SHARD or HYBRID_SHARD".into(),
+                    ))
+                }
+                (_, None) => {
+                    let mut full = l.flatten_values();
+                    dist.pg.broadcast(&mut full, 0).map_err(dist_err)?;
+                    match strategy {
+                        ShardingStrategy::NoShard => {
+                            l.install(&full);
+                            (Some(full.shallow_clone()), full)
+                        }
+                        ShardingStrategy::ShardGradOp => {
+                            l.install(&full);
+                            let m = l.chunk_of(&full, rank);
+                            (Some(full), m)
+                        }
+                        _ => {
+                            let m = l.chunk_of(&full, rank).copy();
+                            l.free();
+                            (None, m)
+                        }
+                    }
                 }
             };
             states.push(FlatState {
@@ -122,9 +144,13 @@ impl Engine {
                 .into_iter()
                 .filter(|(_, t)| !t.requires_grad())
                 .collect();
-            frozen = build_layouts(params, world, ".frozen").map_err(TrainError::Config)?;
+            frozen =
+                build_layouts(params, world, ".frozen", tm.device).map_err(TrainError::Config)?;
             for l in &frozen {
-                frozen_shards.push(l.chunk_of(&l.flatten_values(), rank).copy());
+                frozen_shards.push(match unread(l) {
+                    Some(ix) => l.chunk_from(ix, rank)?,
+                    None => l.chunk_of(&l.flatten_values(), rank).copy(),
+                });
                 l.free();
             }
         }

@@ -7,7 +7,7 @@
 //! ([`FlatLayout::install`], `param.data = view`), or at an empty tensor ([`FlatLayout::free`]) while the
 //! unit is sharded away. Autograd metadata (requires_grad) stays on the handles.
 
-use ferrotune_model::layer_index;
+use ferrotune_model::{layer_index, CheckpointIndex};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -67,6 +67,7 @@ pub fn build_layouts(
     params: Vec<(String, Tensor)>,
     world: usize,
     suffix: &str,
+    device: Device,
 ) -> Result<Vec<FlatLayout>, String> {
     let mut units: Vec<(String, Vec<(String, Tensor)>)> = Vec::new();
     for (name, t) in params {
@@ -84,14 +85,18 @@ pub fn build_layouts(
     units.sort_by_key(|(k, _)| order(k));
     units
         .into_iter()
-        .map(|(unit, ps)| FlatLayout::new(format!("{unit}{suffix}"), ps, world))
+        .map(|(unit, ps)| FlatLayout::new(format!("{unit}{suffix}"), ps, world, device))
         .collect()
 }
 
 impl FlatLayout {
-    fn new(key: String, ps: Vec<(String, Tensor)>, world: usize) -> Result<Self, String> {
+    fn new(
+        key: String,
+        ps: Vec<(String, Tensor)>,
+        world: usize,
+        device: Device,
+    ) -> Result<Self, String> {
         let kind = ps[0].1.kind();
-        let device = ps[0].1.device();
         let mut params = Vec::with_capacity(ps.len());
         let mut offset = 0;
         for (name, tensor) in ps {
@@ -137,7 +142,12 @@ impl FlatLayout {
     pub fn flatten_kind(&self, parts: &[Tensor], kind: Kind) -> Tensor {
         let mut v: Vec<Tensor> = parts
             .iter()
-            .map(|t| t.detach().to_kind(kind).reshape([-1]))
+            .map(|t| {
+                t.detach()
+                    .to_device(self.device)
+                    .to_kind(kind)
+                    .reshape([-1])
+            })
             .collect();
         if self.padded > self.numel {
             v.push(Tensor::zeros(
@@ -169,6 +179,39 @@ impl FlatLayout {
             })
             .collect();
         self.flatten(&v)
+    }
+
+    /// Rank `rank`'s chunk of the flat of the parameters' values, built without the full flat: the tensors
+    /// `source` names are read (just the overlapping element range) from the checkpoint, the others taken
+    /// from the model; zero padding at the end.
+    pub fn chunk_from(
+        &self,
+        source: &CheckpointIndex,
+        rank: usize,
+    ) -> Result<Tensor, ferrotune_model::ModelError> {
+        let (lo, hi) = (rank as i64 * self.chunk(), (rank as i64 + 1) * self.chunk());
+        let mut parts = Vec::new();
+        for p in &self.params {
+            let (a, b) = (lo.max(p.offset), hi.min(p.offset + p.numel));
+            if a >= b {
+                continue;
+            }
+            let part = if source.contains(&p.name) {
+                source.read_range(&p.name, a - p.offset, b - a, self.kind)?
+            } else {
+                p.tensor
+                    .detach()
+                    .reshape([-1])
+                    .narrow(0, a - p.offset, b - a)
+                    .to_kind(self.kind)
+            };
+            parts.push(part.to_device(self.device));
+        }
+        let filled = lo.max(self.numel.min(hi));
+        if hi > filled {
+            parts.push(Tensor::zeros([hi - filled], (self.kind, self.device)));
+        }
+        Ok(Tensor::cat(&parts, 0))
     }
 
     /// Rank `rank`'s chunk of a full flat (a view).

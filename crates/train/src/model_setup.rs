@@ -2,11 +2,15 @@
 //! for QLoRA, see [`crate::qlora`]), optionally resize the
 //! vocabulary to an extended tokenizer, decide what is trainable (`lora` / `full` / `freeze`), restore
 //! weights from a checkpoint being resumed, and save adapter or full weights.
+//!
+//! [`setup_unloaded`] is the fully sharded variant: the base is declared on the CPU without being read
+//! (its pages are never touched) and the returned [`TrainModel::unloaded`] index lets the sharding engine
+//! read each rank's chunk of every unit straight from the checkpoint files.
 
 use crate::error::TrainError;
 use ferrotune_core::train_config::{FinetuningType, TrainConfig};
 use ferrotune_core::DType;
-use ferrotune_model::{layer_index, LlamaForCausalLM, LoraConfig};
+use ferrotune_model::{layer_index, CheckpointIndex, LlamaConfig, LlamaForCausalLM, LoraConfig};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -20,6 +24,19 @@ pub struct TrainModel {
     /// Keeps the base parameters alive (the model holds shallow handles).
     pub _vs: tch::nn::VarStore,
     pub device: Device,
+    /// [`setup_unloaded`]: the checkpoint the base parameters (every parameter named in it) still have to
+    /// be read from; their tensors are unread CPU placeholders.
+    pub unloaded: Option<CheckpointIndex>,
+}
+
+/// The dtype the base is loaded in: frozen weights in the compute dtype; trained weights in fp32 unless
+/// pure_bf16 (or full/freeze mixed precision, where ferrotune keeps fp32 master weights by loading in fp32).
+fn base_dtype(cfg: &TrainConfig) -> DType {
+    match cfg.finetuning_type {
+        FinetuningType::Lora => cfg.compute_dtype(),
+        _ if cfg.pure_bf16 => DType::BF16,
+        _ => DType::F32,
+    }
 }
 
 /// Loads `model_name_or_path`, applies the finetuning type, and restores `resume` weights when given.
@@ -29,14 +46,8 @@ pub fn setup(
     tokenizer_vocab: Option<usize>,
     resume: Option<&Path>,
 ) -> Result<TrainModel, TrainError> {
-    // Frozen weights live in the compute dtype; trained weights in fp32 unless pure_bf16 (or full/freeze
-    // mixed precision, where ferrotune keeps fp32 master weights by loading in fp32).
-    let base_dtype = match cfg.finetuning_type {
-        FinetuningType::Lora => cfg.compute_dtype(),
-        _ if cfg.pure_bf16 => DType::BF16,
-        _ => DType::F32,
-    };
-    let (mut model, vs) = if cfg.train_from_scratch {
+    let base_dtype = base_dtype(cfg);
+    let (model, vs) = if cfg.train_from_scratch {
         let mc = ferrotune_model::LlamaConfig::from_json_file(
             &cfg.model_name_or_path.join("config.json"),
         )?;
@@ -58,6 +69,66 @@ pub fn setup(
         // QLoRA: the frozen base is quantized while it streams in (plain load otherwise).
         crate::qlora::load_base(cfg, base_dtype, device)?
     };
+    finish(cfg, model, vs, device, tokenizer_vocab, resume, None)
+}
+
+/// [`setup`] for a fully sharded run that reads its shards from the checkpoint (see the module docs), or
+/// `None` when the base cannot be left unread: a from-scratch or quantized base, `.bin` weights, a
+/// vocabulary resize, or `modules_to_save` copies of base weights.
+pub fn setup_unloaded(
+    cfg: &TrainConfig,
+    device: Device,
+    tokenizer_vocab: Option<usize>,
+) -> Result<Option<TrainModel>, TrainError> {
+    if cfg.train_from_scratch
+        || cfg.quantization_bit.is_some()
+        || !cfg.additional_target.is_empty()
+        || cfg.resize_vocab
+    {
+        return Ok(None);
+    }
+    let dir = &cfg.model_name_or_path;
+    let mc = LlamaConfig::from_json_file(&dir.join("config.json"))?;
+    let Some(index) = CheckpointIndex::open(dir)? else {
+        return Ok(None);
+    };
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    vs.set_kind(ferrotune_model::kind_of(base_dtype(cfg)));
+    // `Tensor::empty` placeholders on the CPU: declared, never written, so never resident.
+    let mut model = LlamaForCausalLM::load(vs.root(), &mc)?;
+    for (name, t) in model.named_parameters() {
+        match index.shape(&name) {
+            Some(shape) if shape == t.size().as_slice() => {}
+            Some(shape) => {
+                return Err(TrainError::Config(format!(
+                    "{}: `{name}` has shape {shape:?}, the config implies {:?}",
+                    dir.display(),
+                    t.size()
+                )))
+            }
+            None => {
+                return Err(TrainError::Config(format!(
+                    "{}: the checkpoint lacks `{name}`",
+                    dir.display()
+                )))
+            }
+        }
+    }
+    model.model.rotary = ferrotune_model::rope::Rotary::new(&mc, device);
+    tracing::info!(checkpoint = %dir.display(), "base left unread: each rank reads its shards");
+    finish(cfg, model, vs, device, tokenizer_vocab, None, Some(index)).map(Some)
+}
+
+/// The common tail: trainability per finetuning type, resume weights, vocabulary resize.
+fn finish(
+    cfg: &TrainConfig,
+    mut model: LlamaForCausalLM,
+    vs: tch::nn::VarStore,
+    device: Device,
+    tokenizer_vocab: Option<usize>,
+    resume: Option<&Path>,
+    unloaded: Option<CheckpointIndex>,
+) -> Result<TrainModel, TrainError> {
     model.gradient_checkpointing = cfg.gradient_checkpointing;
     if let Some(n) = tokenizer_vocab.filter(|_| cfg.resize_vocab) {
         if n as i64 != model.config.vocab_size {
@@ -137,6 +208,7 @@ pub fn setup(
         model,
         _vs: vs,
         device,
+        unloaded,
     })
 }
 

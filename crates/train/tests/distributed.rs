@@ -37,6 +37,7 @@ fn main() {
             "lora_from_scratch_full_state_dict_resumes_exactly",
             lora_scratch_resume,
         ),
+        ("full_shard_reads_its_shards_of_a_saved_base", unread_base),
     ]);
 }
 
@@ -204,4 +205,32 @@ fn lora_scratch_resume() {
     let what = "LoRA from scratch: checkpoint-2 → one process";
     assert_close_losses(what, &losses(&resumed), &want[2..]);
     assert_close_weights(what, &resumed, &out);
+}
+
+/// FULL_SHARD on a saved checkpoint (not a from-scratch base): each rank leaves the base unread and reads
+/// only its chunks of every unit from the safetensors file; LoRA (base frozen, sharded) and full
+/// fine-tuning end exactly like one process that loads the checkpoint whole, as does HYBRID_SHARD.
+fn unread_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = saved_model(tmp.path());
+    for ft in [FinetuningType::Lora, FinetuningType::Full] {
+        let config = |out: &std::path::Path| {
+            let mut c = base_config(&base, out, ft);
+            c.train_from_scratch = false;
+            c
+        };
+        let reference = tmp.path().join(format!("single-{ft:?}"));
+        let mut single = config(&reference);
+        single.per_device_train_batch_size = 6;
+        launch(&single, 1, false);
+        let want = losses(&reference);
+        let out = tmp.path().join(format!("full-shard-{ft:?}"));
+        let mut cfg = config(&out);
+        cfg.parallel.strategy = ShardingStrategy::FullShard;
+        launch(&cfg, 2, false);
+        let what = format!("{ft:?} FULL_SHARD world 2 on an unread base");
+        assert_close_losses(&what, &losses(&out), &want);
+        assert_close_weights(&what, &out, &reference);
+        assert_same_eval(&what, &out, &reference);
+    }
 }

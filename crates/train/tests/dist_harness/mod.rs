@@ -121,6 +121,17 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     m
 }
 
+/// A real HF checkpoint directory (`config.json` + `model.safetensors`) of the tiny model: one step of
+/// full fine-tuning from its random initialisation, saved by the single-process recipe.
+pub fn saved_model(dir: &Path) -> PathBuf {
+    let out = dir.join("saved-base");
+    let mut cfg = base_config(&tiny_model(dir), &out, FinetuningType::Full);
+    cfg.max_steps = Some(1);
+    launch(&cfg, 1, false);
+    assert!(out.join("model.safetensors").is_file() && out.join("config.json").is_file());
+    out
+}
+
 pub fn base_config(model: &Path, out: &Path, ft: FinetuningType) -> TrainConfig {
     TrainConfig {
         model_name_or_path: model.to_path_buf(),
