@@ -6,6 +6,9 @@
 #  * memory: the parameter + optimizer bytes each rank holds between steps (counted by the trainer over the
 #    tensors it owns, logged as `resident_param_optimizer_bytes`) and each rank's peak RSS, NO_SHARD vs
 #    FULL_SHARD.
+#  * setup memory on a saved base: LoRA on a 168M-parameter random Llama saved as fp32 safetensors (673 MB),
+#    one step, peak RSS per rank: world 1, world 2 NO_SHARD (every rank loads the model), world 2
+#    FULL_SHARD (each rank reads only its shards of the unread base);
 #  * the Python peer in the same session (tools/bench/bench_dist_peer.py: transformers + torch's gloo
 #    backend, 1 thread per rank): single process, DistributedDataParallel, FSDP2 `fully_shard` (FULL_SHARD)
 #    on the same shapes with random tokens; ratio ferrotune / peer per mode.
@@ -68,6 +71,33 @@ for d in w1 ddp fsdp; do mkdir -p "$work/$d"; cp -r "$work/prep/.data_cache" "$w
 run w1 1 NO_SHARD
 run ddp 2 NO_SHARD
 run fsdp 2 FULL_SHARD
+# Setup memory on a saved base.
+"$py" - "$work/big" <<'PY'
+import sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(0)
+cfg = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+                  num_key_value_heads=16, vocab_size=32000, max_position_embeddings=256,
+                  bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+LlamaForCausalLM(cfg).save_pretrained(sys.argv[1], safe_serialization=True)
+PY
+cp "$work/model/tokenizer.model" "$work/big/"
+sed -e "s|^model_name_or_path = .*|model_name_or_path = \"$work/big\"|" -e 's/^train_from_scratch = true/train_from_scratch = false/' \
+    -e 's/^finetuning_type = "full"/finetuning_type = "lora"\nlora_target = "all"/' -e 's/^max_steps = .*/max_steps = 1/' \
+    -e '/^bf16 = true/d' "$work/bench.toml" > "$work/big.toml"
+"$bin" train "$work/big.toml" --json --set "output_dir=\"$work/big-w1\"" > "$work/big-w1.json" 2> /dev/null
+big() { # name strategy
+  local name=$1 strategy=$2 port=$((29600 + RANDOM % 1000))
+  mkdir -p "$work/$name"; cp -r "$work/big-w1/.data_cache" "$work/$name/"
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=1 \
+      "$bin" train "$work/big.toml" --json --set "output_dir=\"$work/$name\"" --set "parallel.strategy=\"$strategy\"" \
+      > "$work/$name/summary-$r.json" 2> "$work/$name/log-$r.txt" &
+  done
+  wait
+}
+big big-ddp NO_SHARD
+big big-fsdp FULL_SHARD
 peer() { # mode world
   local mode=$1 world=$2 port=$((29600 + RANDOM % 1000))
   for r in $(seq 0 $((world - 1))); do
@@ -107,6 +137,16 @@ for label, m, ours in [("world 1", "single", w1), ("NO_SHARD / DDP", "ddp", ddp)
     pr = peer[m]["tokens_per_second"]
     print(f"peer {label:20s} {pr:8.0f} tokens/s   per-rank efficiency {pr / (2 * p1) if m != 'single' else 1:.2f}"
           f"   peak RSS MiB {[round(x) for x in peer[m]['peak_rss_mib']]}   ferrotune/peer {ours / pr:.2f}x")
+def setup_peak(name):
+    out = []
+    for f in sorted(glob.glob(f"{work}/{name}/log-*.txt")):
+        m = re.search(r"setup_peak_rss_mib=(\d+)", open(f).read())
+        out.append(int(m.group(1)) if m else None)
+    return out
+w1big = json.load(open(f"{work}/big-w1.json"))["peak_memory_mib"]
+print(f"LoRA on a saved 168M fp32 base (673 MB), MiB per rank: world 1 run peak {w1big:.0f}; "
+      f"NO_SHARD setup peak {setup_peak('big-ddp')} run peak {[round(x) for x in rss('big-ddp')]}; "
+      f"FULL_SHARD (unread base) setup peak {setup_peak('big-fsdp')} run peak {[round(x) for x in rss('big-fsdp')]}")
 rd, rf = resident("ddp"), resident("fsdp")
 if all(rd) and all(rf):
     print(f"FULL_SHARD / NO_SHARD resident bytes per rank: {max(rf) / max(rd):.3f} (1/world = 0.5)")

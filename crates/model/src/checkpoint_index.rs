@@ -101,6 +101,20 @@ impl CheckpointIndex {
         len: i64,
         kind: Kind,
     ) -> Result<Tensor, ModelError> {
+        let mut out = Tensor::empty([len], (kind, Device::Cpu));
+        self.read_range_into(name, start, &mut out)?;
+        Ok(out)
+    }
+
+    /// Elements `[start, start + dst.numel())` of tensor `name` (row-major) copied into `dst` (any dtype
+    /// and device; converted on the way), with no intermediate copy.
+    pub fn read_range_into(
+        &self,
+        name: &str,
+        start: i64,
+        dst: &mut Tensor,
+    ) -> Result<(), ModelError> {
+        let len = dst.numel() as i64;
         let e = self.entries.get(name).ok_or_else(|| {
             ModelError::ckpt(
                 self.maps.first().map_or_else(PathBuf::new, |m| m.0.clone()),
@@ -109,7 +123,7 @@ impl CheckpointIndex {
         })?;
         let (path, map) = &self.maps[e.file];
         let numel: i64 = e.shape.iter().product();
-        if start < 0 || len < 0 || start + len > numel {
+        if start < 0 || start + len > numel {
             return Err(ModelError::ckpt(
                 path,
                 format!("`{name}`: elements {start}..{} of {numel}", start + len),
@@ -120,20 +134,16 @@ impl CheckpointIndex {
         let to = from + len as usize * size;
         let bytes = &map[from..to];
         // SAFETY: `bytes` holds exactly `len` elements of `e.kind` inside the mapping, which outlives the
-        // view; the view is copied (or converted) into a new tensor before it is dropped.
+        // view; the view is copied into `dst` before it is dropped.
         let view =
             unsafe { Tensor::f_from_blob(bytes.as_ptr(), &[len], &[], e.kind, Device::Cpu) }?;
-        let out = if e.kind == kind {
-            view.copy()
-        } else {
-            view.to_kind(kind)
-        };
+        tch::no_grad(|| dst.reshape([len]).copy_(&view));
         drop(view);
         let page = 4096;
         let aligned = from / page * page;
         // SAFETY: read-only file mapping; dropping the pages only makes later reads fault them back in.
         let _ =
             unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, aligned, to - aligned) };
-        Ok(out)
+        Ok(())
     }
 }

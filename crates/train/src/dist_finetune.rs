@@ -125,6 +125,7 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         trainable = n_trainable,
         total = n_total,
         resident_param_optimizer_bytes = resident,
+        setup_peak_rss_mib = peak_rss_mib().map_or(-1, |m| m.round() as i64),
         "sharded"
     );
     let bs = cfg.per_device_train_batch_size;

@@ -190,28 +190,26 @@ impl FlatLayout {
         rank: usize,
     ) -> Result<Tensor, ferrotune_model::ModelError> {
         let (lo, hi) = (rank as i64 * self.chunk(), (rank as i64 + 1) * self.chunk());
-        let mut parts = Vec::new();
+        // Filled in place, part by part: no copy of the chunk beyond the chunk itself.
+        let out = Tensor::zeros([hi - lo], (self.kind, self.device));
         for p in &self.params {
             let (a, b) = (lo.max(p.offset), hi.min(p.offset + p.numel));
             if a >= b {
                 continue;
             }
-            let part = if source.contains(&p.name) {
-                source.read_range(&p.name, a - p.offset, b - a, self.kind)?
+            let mut dst = out.narrow(0, a - lo, b - a);
+            if source.contains(&p.name) {
+                source.read_range_into(&p.name, a - p.offset, &mut dst)?;
             } else {
-                p.tensor
+                let src = p
+                    .tensor
                     .detach()
                     .reshape([-1])
-                    .narrow(0, a - p.offset, b - a)
-                    .to_kind(self.kind)
-            };
-            parts.push(part.to_device(self.device));
+                    .narrow(0, a - p.offset, b - a);
+                tch::no_grad(|| dst.copy_(&src));
+            }
         }
-        let filled = lo.max(self.numel.min(hi));
-        if hi > filled {
-            parts.push(Tensor::zeros([hi - filled], (self.kind, self.device)));
-        }
-        Ok(Tensor::cat(&parts, 0))
+        Ok(out)
     }
 
     /// Rank `rank`'s chunk of a full flat (a view).
