@@ -4,10 +4,11 @@
                                     prints its peak RSS (kB)
   quant_peer.py bnb-bytes DIR       bitsandbytes' NF4 + double-quant bytes for the decoder projections of DIR
                                     (its storage layout, computed: bitsandbytes needs CUDA), bytes/param
-  quant_peer.py ppl DIR EVAL_JSON VARIANT
+  quant_peer.py ppl DIR EVAL_JSON VARIANT [ONLY]
                                     perplexity of transformers (fp32) on the token ids of a `ferrotune eval
                                     --json` report, with the projections replaced by the bitsandbytes reference
-                                    (tests/oracle/quant_bnb_ref.py) dequantization of VARIANT (fp32: none)
+                                    (tests/oracle/quant_bnb_ref.py) dequantization of VARIANT (fp32: none);
+                                    ONLY (e.g. v_proj, mlp): only the projections whose name contains it
 """
 import json
 import math
@@ -49,14 +50,14 @@ def bnb_bytes(d):
           f"whole model with the rest in bf16: {(qb + 2 * other) / (qp + other):.4f} bytes/param")
 
 
-def ppl(d, report, variant):
+def ppl(d, report, variant, only="proj"):
     from transformers import AutoModelForCausalLM
     import quant_bnb_ref as ref
     m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
     if variant != "fp32":
         with torch.no_grad():
             for k, p in m.named_parameters():
-                if "layers." in k and k.endswith("proj.weight"):
+                if "layers." in k and k.endswith("proj.weight") and only in k:
                     deq = ref.run_variant(variant, p.detach().numpy().copy(), 64)["deq"]
                     p.copy_(torch.from_numpy(np.asarray(deq).reshape(p.shape)))
     lines = json.load(open(report))["lines"]
@@ -78,6 +79,6 @@ if __name__ == "__main__":
     elif cmd == "bnb-bytes":
         bnb_bytes(sys.argv[2])
     elif cmd == "ppl":
-        ppl(sys.argv[2], sys.argv[3], sys.argv[4])
+        ppl(*sys.argv[2:6])
     else:
         sys.exit(f"unknown command {cmd}")

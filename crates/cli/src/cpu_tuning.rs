@@ -1,5 +1,5 @@
 //! CPU runtime tuning of the process: libtorch's bundled Intel MKL gets its AVX2 / AVX-512 kernels on
-//! non-Intel x86 CPUs, and glibc's allocator keeps large freed blocks for reuse.
+//! non-Intel x86 CPUs, and the whole process allocates through jemalloc instead of glibc malloc.
 //!
 //! **MKL.**
 //! MKL picks its code path from the CPU's features only after a vendor check
@@ -12,11 +12,28 @@
 //! `FERROTUNE_MKL_VENDOR_CHECK=1` restores MKL's behaviour (the generic path on non-Intel CPUs), e.g. to
 //! compare against a stock PyTorch on the same machine.
 //!
-//! **malloc.** glibc serves blocks above its mmap threshold (dynamic, at most 32 MiB) with fresh `mmap`s and
-//! returns heap memory above 128 KiB at the top to the kernel: every large tensor of every training step or
-//! decode step then costs page faults and zeroed pages (measured: a third of the page faults and ~15 % of
-//! the CPU time of a LoRA step). [`tune_malloc`] raises the mmap threshold to its 32 MiB maximum and keeps
-//! up to 1 GiB of freed memory for reuse; peak RSS is unchanged (the memory was in use at the peak anyway).
+//! **malloc.** On Linux/glibc the binary links jemalloc with unprefixed symbols (tikv-jemalloc-sys,
+//! `override_allocator_on_supported_platforms`): `malloc`, `free`, `posix_memalign`, … of the whole process,
+//! libtorch's CPU tensors included (c10 allocates them with `posix_memalign`), resolve to it instead of glibc.
+//! glibc leaves two bad choices for tensor-sized blocks (MiBs, allocated and freed many times per step):
+//! - above its mmap threshold each block is a fresh `mmap`, returned on `free`: every tensor of every
+//!   training or decode step costs page faults and zeroed pages (a third of the page faults and ~15 % of the
+//!   CPU time of a LoRA step, measured);
+//! - below it (the threshold rises dynamically to 32 MiB after the first large free) blocks come from one
+//!   best-fit heap that only shrinks from the top: short-lived temporaries leave holes between the
+//!   activations saved for backward, later larger requests do not fit them and the heap grows. Peak RSS
+//!   was 35–55 % above the live tensors of a LoRA step (BENCHMARKS.md `## estimate`).
+//!
+//! jemalloc serves large blocks as page runs carved lowest-address-first from per-arena extents and
+//! coalesces freed neighbours, so the holes stay reusable: peak RSS ≈ live tensors. Its decay (the purge of
+//! unused pages back to the kernel) is off, [`malloc_conf`]: a training step frees and re-allocates the same
+//! sizes every step, and purging them between steps would bring the page faults back (measured: 4–8× the
+//! system time). Freed memory therefore stays mapped for reuse, as glibc's heap kept it.
+//! `MALLOC_CONF` overrides this at run time, e.g. `MALLOC_CONF=dirty_decay_ms:10000` for a long-running
+//! `serve` that should give idle memory back.
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+use tikv_jemalloc_sys as _;
 
 use std::sync::OnceLock;
 
@@ -33,18 +50,13 @@ pub extern "C" fn mkl_serv_intel_cpu_true() -> std::os::raw::c_int {
     })
 }
 
-/// Sets glibc's `M_MMAP_THRESHOLD` to 32 MiB and `M_TRIM_THRESHOLD` to 1 GiB (call first thing in `main`).
-/// `FERROTUNE_MALLOC_DEFAULTS=1` leaves glibc's defaults.
-pub fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("FERROTUNE_MALLOC_DEFAULTS").is_none_or(|v| v != "1") {
-        // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        }
-    }
-}
+/// jemalloc's compile-time options (read before `main`; `MALLOC_CONF` in the environment takes precedence):
+/// no decay, freed pages are kept for reuse (see the module docs).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[used]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static malloc_conf: &[u8; 36] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
 
 #[cfg(target_arch = "x86_64")]
 fn is_genuine_intel() -> bool {

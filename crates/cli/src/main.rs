@@ -109,7 +109,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    cpu_tuning::tune_malloc();
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.quiet);
     logging::install_panic_hook();

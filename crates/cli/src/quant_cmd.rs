@@ -54,6 +54,11 @@ pub struct QuantizeArgs {
     /// Device to quantize on.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// CPU threads for libtorch's intra-op parallelism (default: libtorch's choice, OMP_NUM_THREADS or
+    /// one per core). GPTQ runs many small tensor ops: on a busy machine fewer threads than cores avoid
+    /// OpenMP oversubscription.
+    #[arg(long)]
+    pub threads: Option<i32>,
     /// Largest shard, e.g. 5GB, 500MB, 2GiB or a byte count.
     #[arg(long, default_value = "5GB")]
     pub max_shard_size: String,
@@ -87,6 +92,16 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
+    if let Some(t) = a.threads {
+        if t < 1 {
+            anyhow::bail!("--threads must be at least 1 (got {t})");
+        }
+        tch::set_num_threads(t);
+    }
+    tracing::info!(
+        threads = tch::get_num_threads(),
+        "libtorch intra-op threads"
+    );
     match a.method {
         MethodArg::Nf4 | MethodArg::Fp4 | MethodArg::Int8 => run_bnb(&a),
         MethodArg::Gptq | MethodArg::Rtn => crate::gptq_cmd::run_int4(&a),

@@ -93,6 +93,7 @@ fn gptq_quantize_eval_and_merge_lora() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("calibration: 8 samples of 48 tokens"), "{err}");
+    assert!(err.contains("threads=1"), "{err}");
     let q = quant_config(&gptq);
     assert_eq!(q["quant_method"], "gptq", "{q}");
     assert_eq!(q["group_size"], 16);
@@ -152,13 +153,16 @@ fn gptq_quantize_eval_and_merge_lora() {
         );
     }
 
+    // --threads sets libtorch's intra-op threads over OMP_NUM_THREADS (1 in these runs).
     let rtn = d.join("rtn");
-    ferrotune(&[
+    let out = ferrotune(&[
         "quantize",
         "--method",
         "rtn",
         "--group-size",
         "16",
+        "--threads",
+        "2",
         "--model",
         &s(&model),
         "--out",
@@ -166,6 +170,8 @@ fn gptq_quantize_eval_and_merge_lora() {
         "--dtype",
         "fp32",
     ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("threads=2"), "{err}");
     assert_eq!(quant_config(&rtn)["quant_method"], "rtn");
     let merged_rtn = d.join("merged_rtn");
     ferrotune(&[

@@ -28,11 +28,13 @@ use crate::model_shape::{ModelShape, PROJECTIONS};
 const MIB: u64 = 1 << 20;
 /// CUDA context, cuBLAS/cuDNN workspaces and allocator slack on a GPU.
 pub const GPU_RUNTIME_BYTES: u64 = 1024 * MIB;
-/// Resident memory of a `ferrotune train` process with libtorch loaded and a tiny model training (measured:
-/// 404 MiB peak RSS for a 1-layer, 32-wide model; see BENCHMARKS.md `## estimate`). The CPU prediction is
-/// live memory: glibc can keep freed heap chunks resident on top of it (see the benchmark).
 /// Logit elements per chunk of the fused loss head (`ferrotune_model::fused_ce`).
 pub const CE_CHUNK_ELEMENTS: u64 = 1 << 22;
+/// Resident memory of a `ferrotune train` process with libtorch loaded and a tiny model training (measured:
+/// 400 MiB peak RSS for a 1-layer, 32-wide model with a 1024-token vocabulary; see BENCHMARKS.md
+/// `## estimate`). The CPU prediction is live memory plus this baseline, which is what the `ferrotune` binary
+/// keeps resident: it allocates through jemalloc (crates/cli/src/cpu_tuning.rs), whose lowest-address-first
+/// page runs reuse freed tensor memory without heap fragmentation (glibc's heap kept 35–55 % more).
 pub const CPU_RUNTIME_BYTES: u64 = 400 * MIB;
 
 /// What is trained.

@@ -178,10 +178,14 @@ pub fn write_safetensors(
         for (_, t) in tensors {
             let c = t.to_device(Device::Cpu).contiguous();
             let n = c.numel() * c.kind().elt_size_in_bytes();
-            let mut buf = vec![0u8; n];
-            c.f_copy_data_u8(&mut buf, c.numel())
-                .map_err(std::io::Error::other)?;
-            w.write_all(&buf)?;
+            if n == 0 {
+                continue;
+            }
+            // SAFETY: `c` is a contiguous CPU tensor of exactly `n` bytes that outlives the slice; written
+            // straight from its storage, so no tensor-sized copy is ever allocated (the largest tensor, e.g.
+            // the embeddings, would otherwise add its size to the writer's peak memory).
+            let bytes = unsafe { std::slice::from_raw_parts(c.data_ptr() as *const u8, n) };
+            w.write_all(bytes)?;
         }
         Ok(())
     })?;

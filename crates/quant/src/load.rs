@@ -1,6 +1,7 @@
 //! Loading quantized models. [`load_quantized`] streams a 16-bit checkpoint and quantizes each decoder
-//! projection as its tensor is read, so the peak memory is the quantized model plus one tensor (the model
-//! skeleton is declared on the CPU without touching its pages and moved to the device at the end);
+//! projection as its tensor is read, so the peak memory is the quantized model plus about one 16-bit layer
+//! (one tensor's temporaries; the model skeleton is declared on the CPU without touching its pages and moved
+//! to the device at the end);
 //! [`load_prequantized`] reads a directory written by [`crate::save::save_quantized`]; [`load_model`] takes
 //! either kind of directory, quantizing at load when asked.
 
