@@ -17,8 +17,8 @@ use crate::llama::{shifted_ce_sum, LlamaForCausalLM};
 use crate::mask::AttentionMask;
 use tch::{Kind, Tensor};
 
-/// Logit elements per chunk (fp32: 16 MiB, under glibc's 32 MiB mmap threshold so chunks reuse heap memory
-/// instead of fresh zeroed pages), i.e. `CHUNK_ELEMENTS / vocab` rows per chunk.
+/// Logit elements per chunk (fp32: 16 MiB, small enough that the allocator reuses the same blocks chunk after
+/// chunk instead of mapping fresh zeroed pages), i.e. `CHUNK_ELEMENTS / vocab` rows per chunk.
 const CHUNK_ELEMENTS: i64 = 1 << 22;
 
 impl LlamaForCausalLM {
