@@ -87,6 +87,33 @@ pub fn run_oracle(script: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("oracle prints UTF-8")
 }
 
+/// The `main` of a `harness = false` test binary: runs `cases` (those whose name contains a command-line
+/// filter, or all), each caught on panic, printing `test NAME ... ok|FAILED (secs)`; exits 1 when one failed.
+pub fn run_cases(cases: &[(&str, fn())]) {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = 0;
+    for (name, case) in cases {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let ok = std::panic::catch_unwind(*case).is_ok();
+        println!(
+            "test {name} ... {} ({:.2}s)",
+            if ok { "ok" } else { "FAILED" },
+            start.elapsed().as_secs_f64()
+        );
+        failed += usize::from(!ok);
+    }
+    if failed > 0 {
+        eprintln!("{failed} test(s) failed");
+        std::process::exit(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

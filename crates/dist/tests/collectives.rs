@@ -16,11 +16,7 @@ fn main() {
     if let Ok(role) = std::env::var(ROLE) {
         std::process::exit(worker(&role));
     }
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let cases: [(&str, fn()); 5] = [
+    ferrotune_core::testkit::run_cases(&[
         ("collectives_world_2", || collectives(2)),
         ("collectives_world_3", || collectives(3)),
         ("subgroups_of_world_4_node_and_replica", subgroups),
@@ -29,25 +25,7 @@ fn main() {
             never_joins,
         ),
         ("stalled_peer_times_out_in_all_reduce", stalled_peer),
-    ];
-    let mut failed = 0;
-    for (name, case) in cases {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let start = Instant::now();
-        let ok = std::panic::catch_unwind(case).is_ok();
-        println!(
-            "test {name} ... {} ({:.2}s)",
-            if ok { "ok" } else { "FAILED" },
-            start.elapsed().as_secs_f64()
-        );
-        failed += usize::from(!ok);
-    }
-    if failed > 0 {
-        eprintln!("{failed} test(s) failed");
-        std::process::exit(1);
-    }
+    ]);
 }
 
 // ---------------------------------------------------------------- parent side

@@ -75,13 +75,7 @@ fn sharded_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let full_run = tmp.path().join("world2");
-    let mut cfg = base_config(&model, &full_run, FinetuningType::Full);
-    cfg.parallel.strategy = ShardingStrategy::FullShard;
-    cfg.parallel.checkpoint_type = CheckpointType::ShardedStateDict;
-    cfg.max_steps = Some(4);
-    cfg.save_steps = 2;
-    launch(&cfg, 2, false);
-    let want = losses(&full_run);
+    let (cfg, want) = sharded_world2_run(base_config(&model, &full_run, FinetuningType::Full));
     let ck = full_run.join("checkpoint-2");
     assert!(
         ck.join("shard-00000-of-00002.safetensors").is_file()

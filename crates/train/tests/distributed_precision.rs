@@ -277,13 +277,7 @@ fn bf16_sharded_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let full_run = tmp.path().join("world2");
-    let mut cfg = bf16_config(&model, &full_run);
-    cfg.parallel.strategy = ShardingStrategy::FullShard;
-    cfg.parallel.checkpoint_type = CheckpointType::ShardedStateDict;
-    cfg.max_steps = Some(4);
-    cfg.save_steps = 2;
-    launch(&cfg, 2, false);
-    let want = losses(&full_run);
+    let (cfg, want) = sharded_world2_run(bf16_config(&model, &full_run));
     let ck = full_run.join("checkpoint-2");
     let end = full_run.join("checkpoint-4");
     // Same world size: the fp32 masters and moments come back exactly, so the run continues bit for bit

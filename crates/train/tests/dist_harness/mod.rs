@@ -4,7 +4,9 @@
 //! on a fixed synthetic dataset; the parent launches them and reads back losses, evaluations and weights.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use ferrotune_core::train_config::{FinetuningType, SchedulerType, TrainConfig};
+use ferrotune_core::train_config::{
+    CheckpointType, FinetuningType, SchedulerType, ShardingStrategy, TrainConfig,
+};
 use ferrotune_core::DeviceSpec;
 use ferrotune_train::{Sample, TrainData};
 use std::collections::BTreeMap;
@@ -16,35 +18,26 @@ use tch::Tensor;
 pub const ROLE: &str = "FT_TRAIN_WORKER";
 pub const TOL: f64 = 1e-5;
 
-/// The test binary's `main`: a worker when the role variable is set, else runs `cases` (those whose name
-/// contains a command-line filter, or all), printing `test NAME ... ok|FAILED`, exiting 1 on a failure.
+/// The test binary's `main`: a worker when the role variable is set, else the cases (see
+/// `ferrotune_core::testkit::run_cases`).
 pub fn run_cases(cases: &[(&str, fn())]) {
     if let Ok(cfg) = std::env::var(ROLE) {
         worker(&cfg);
         return;
     }
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut failed = 0;
-    for (name, case) in cases {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let start = Instant::now();
-        let ok = std::panic::catch_unwind(*case).is_ok();
-        println!(
-            "test {name} ... {} ({:.2}s)",
-            if ok { "ok" } else { "FAILED" },
-            start.elapsed().as_secs_f64()
-        );
-        failed += usize::from(!ok);
-    }
-    if failed > 0 {
-        eprintln!("{failed} test(s) failed");
-        std::process::exit(1);
-    }
+    ferrotune_core::testkit::run_cases(cases);
+}
+
+/// A world-2 FULL_SHARD run of `cfg` for 4 steps with SHARDED_STATE_DICT checkpoints every 2: returns the
+/// config used and its losses.
+pub fn sharded_world2_run(mut cfg: TrainConfig) -> (TrainConfig, Vec<f64>) {
+    cfg.parallel.strategy = ShardingStrategy::FullShard;
+    cfg.parallel.checkpoint_type = CheckpointType::ShardedStateDict;
+    cfg.max_steps = Some(4);
+    cfg.save_steps = 2;
+    launch(&cfg, 2, false);
+    let want = losses(&cfg.output_dir);
+    (cfg, want)
 }
 
 // ---------------------------------------------------------------- worker side
