@@ -122,16 +122,7 @@ pub fn run_int4(a: &QuantizeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("quantizing {}", a.model.display()))?;
     bar.finish_and_clear();
     let losses: Vec<f64> = report.iter().filter_map(|r| r.gptq_loss).collect();
-    let mem = ferrotune_quant::memory_report(&model);
-    ferrotune_quant::save_quantized(
-        &model,
-        &spec,
-        &a.out,
-        Some(dtype),
-        Some(&a.model),
-        max_shard,
-    )
-    .with_context(|| format!("writing {}", a.out.display()))?;
+    let mem = crate::quant_cmd::save_with_report(&model, &spec, dtype, a, max_shard)?;
     let loss = if losses.is_empty() {
         String::new()
     } else {

@@ -151,16 +151,7 @@ fn run_bnb(a: &QuantizeArgs) -> anyhow::Result<()> {
     let max_shard = crate::model_cmd::parse_size(&a.max_shard_size)?;
     let (model, _vs, _cfg) = ferrotune_quant::load_quantized(&a.model, &spec, dtype, device)
         .with_context(|| format!("quantizing {}", a.model.display()))?;
-    let report = ferrotune_quant::memory_report(&model);
-    ferrotune_quant::save_quantized(
-        &model,
-        &spec,
-        &a.out,
-        Some(dtype),
-        Some(&a.model),
-        max_shard,
-    )
-    .with_context(|| format!("writing {}", a.out.display()))?;
+    let report = save_with_report(&model, &spec, dtype, a, max_shard)?;
     eprintln!(
         "quantized {} projections of {} to {} ({:.4} bytes/param over them, {:.4} over the model) → {}",
         report.projections,
@@ -175,6 +166,21 @@ fn run_bnb(a: &QuantizeArgs) -> anyhow::Result<()> {
 
 /// The spec of `--quantization-bit 4|8 [--quantization-type nf4|fp4]` (quantize at load, as LLaMA-Factory's
 /// `quantization_bit`): 4 bits with double quantization, computing in `compute`.
+/// Writes the quantized `model` to `a.out` (tokenizer and config from `a.model`) and returns its memory
+/// report.
+pub fn save_with_report(
+    model: &ferrotune_model::LlamaForCausalLM,
+    spec: &QuantSpec,
+    dtype: DType,
+    a: &QuantizeArgs,
+    max_shard: u64,
+) -> anyhow::Result<ferrotune_quant::QuantReport> {
+    let report = ferrotune_quant::memory_report(model);
+    ferrotune_quant::save_quantized(model, spec, &a.out, Some(dtype), Some(&a.model), max_shard)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    Ok(report)
+}
+
 pub fn load_time_spec(
     bits: Option<&str>,
     four_bit_type: &str,

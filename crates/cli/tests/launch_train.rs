@@ -7,7 +7,8 @@
 //! Fixture: a tokenizer trained by `ferrotune train-tokenizer`, a tiny random Llama saved as an HF
 //! directory, and a small alpaca dataset.
 
-use ferrotune_model::{LlamaConfig, LlamaForCausalLM};
+mod toy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,50 +19,8 @@ fn fixture(dir: &Path) -> PathBuf {
     let words = [
         "apple", "river", "stone", "cloud", "green", "seven", "orange", "music",
     ];
-    let mut corpus = String::new();
-    let mut records = Vec::new();
-    for i in 0..24 {
-        let (a, b) = (words[i % 8], words[(i * 5 + 3) % 8]);
-        corpus.push_str(&format!("the {a} and the {b} are number {i}\n"));
-        records.push(serde_json::json!({
-            "instruction": format!("Join {a} with {b}"), "input": "", "output": format!("{a} {b} {i}"),
-        }));
-    }
-    std::fs::write(dir.join("corpus.txt"), &corpus).unwrap();
+    let model = toy::toy_fixture(BIN, dir, &words, 24, 5);
     let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        data.join("toy.json"),
-        serde_json::to_string(&records).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        data.join("dataset_info.json"),
-        r#"{"toy": {"file_name": "toy.json"}}"#,
-    )
-    .unwrap();
-    let st = Command::new(BIN)
-        .args(["-q", "train-tokenizer", "--input"])
-        .arg(dir.join("corpus.txt"))
-        .args(["--vocab-size", "320", "--out"])
-        .arg(dir.join("tok.model"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "train-tokenizer failed");
-    let cfg = LlamaConfig::from_json_str(
-        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 320,
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
-            "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": false}"#,
-    )
-    .unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let m = LlamaForCausalLM::load(vs.root(), &cfg).unwrap();
-    m.init_weights(3);
-    let model = dir.join("model");
-    ferrotune_model::save_pretrained(&m, &model, None, ferrotune_model::DEFAULT_MAX_SHARD_SIZE)
-        .unwrap();
-    std::fs::copy(dir.join("tok.model"), model.join("tokenizer.model")).unwrap();
     let text = format!(
         r#"model_name_or_path = "{}"
 dataset = "toy"

@@ -6,19 +6,9 @@
 use ferrotune_core::testkit::run_oracle;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
 
 fn ferrotune(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrotune"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ferrotune {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ferrotune_core::testkit::run_ok(env!("CARGO_BIN_EXE_ferrotune"), args)
 }
 
 fn eval_logprobs(model: &Path, text: &Path, extra: &[&str]) -> Vec<Vec<f64>> {

@@ -4,7 +4,8 @@
 //! Fixture: a tokenizer trained by `ferrotune train-tokenizer` on a generated corpus, a tiny random Llama
 //! saved as an HF directory, and a small alpaca dataset registered in a `dataset_info.json`.
 
-use ferrotune_model::{LlamaConfig, LlamaForCausalLM};
+mod toy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,55 +16,7 @@ fn fixture(dir: &Path) -> PathBuf {
     let words = [
         "apple", "river", "stone", "cloud", "green", "seven", "orange", "music", "paper", "window",
     ];
-    let mut corpus = String::new();
-    let mut records = Vec::new();
-    for i in 0..48 {
-        let (a, b) = (words[i % 10], words[(i * 7 + 3) % 10]);
-        corpus.push_str(&format!("the {a} and the {b} are number {i}\n"));
-        records.push(serde_json::json!({
-            "instruction": format!("Join {a} with {b}"),
-            "input": "",
-            "output": format!("{a} {b} {i}"),
-        }));
-    }
-    std::fs::write(dir.join("corpus.txt"), &corpus).unwrap();
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        data.join("toy.json"),
-        serde_json::to_string(&records).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        data.join("dataset_info.json"),
-        r#"{"toy": {"file_name": "toy.json"}}"#,
-    )
-    .unwrap();
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    let st = Command::new(BIN)
-        .args(["-q", "train-tokenizer", "--input"])
-        .arg(dir.join("corpus.txt"))
-        .args(["--vocab-size", "320", "--out"])
-        .arg(dir.join("tok.model"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "train-tokenizer failed");
-    let cfg = LlamaConfig::from_json_str(
-        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 320,
-            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
-            "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": false}"#,
-    )
-    .unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let m = LlamaForCausalLM::load(vs.root(), &cfg).unwrap();
-    m.init_weights(3);
-    // save_pretrained replaces the whole directory, so the tokenizer goes in afterwards.
-    ferrotune_model::save_pretrained(&m, &model, None, ferrotune_model::DEFAULT_MAX_SHARD_SIZE)
-        .unwrap();
-    std::fs::copy(dir.join("tok.model"), model.join("tokenizer.model")).unwrap();
-    model
+    toy::toy_fixture(BIN, dir, &words, 48, 7)
 }
 
 fn write_config(dir: &Path, model: &Path, out: &Path, extra: &str) -> PathBuf {

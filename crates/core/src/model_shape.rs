@@ -18,6 +18,18 @@ pub const PROJECTIONS: [&str; 7] = [
     "down_proj",
 ];
 
+/// The module path of each projection inside a decoder layer (`model.layers.{i}.<path>.weight`), in
+/// [`PROJECTIONS`] order.
+pub const PROJECTION_PATHS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 /// Hyper-parameters that determine parameter counts and activation sizes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelShape {

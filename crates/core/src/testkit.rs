@@ -114,6 +114,20 @@ pub fn run_cases(cases: &[(&str, fn())]) {
     }
 }
 
+/// Runs `program` with `args`, panicking with its stderr unless it succeeds; returns its stdout.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("stdout is UTF-8")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -286,15 +286,7 @@ impl Default for TrainConfig {
 }
 
 /// The seven Llama projections (`lora_target = "all"`).
-pub const ALL_PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub const ALL_PROJECTIONS: [&str; 7] = crate::model_shape::PROJECTIONS;
 
 impl TrainConfig {
     /// Checks ranges and combinations; the message names the key.

@@ -47,18 +47,8 @@ impl LlamaForCausalLM {
         let h0 = self.model.embed_tokens.forward(input_ids);
         let (cos, sin) = self.model.rotary.cos_sin(position_ids, h0.kind());
         let m = mask.to_sdpa(t, 0, h0.device());
-        let reseed = self.state.training();
-        let step_seed = if reseed {
-            i64::try_from(Tensor::randint(i64::MAX / 2, [1], (Kind::Int64, Device::Cpu)).get(0))
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        let seed_layer = |i: usize| {
-            if reseed {
-                tch::manual_seed(step_seed.wrapping_add(i as i64));
-            }
-        };
+        let seeds = LayerSeeds::draw(self.state.training());
+        let seed_layer = |i: usize| seeds.seed_layer(i);
         let mut inputs = vec![h0.detach()];
         {
             let _g = tch::no_grad_guard();
@@ -85,17 +75,48 @@ impl LlamaForCausalLM {
             (out * &grad).sum(Kind::Float).backward();
             grad = x.grad();
         }
-        if reseed {
-            tch::manual_seed(
-                step_seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407)
-                    & i64::MAX,
-            );
-        }
+        seeds.finish();
         if h0.requires_grad() {
             (h0 * &grad).sum(Kind::Float).backward();
         }
         loss
+    }
+}
+
+/// Per-layer reseeding for a recomputed pass: LoRA dropout draws the same masks in a layer's forward and
+/// its recomputation because torch's generator is reseeded per layer from one draw of the step (training
+/// only; evaluation draws nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerSeeds {
+    step_seed: Option<i64>,
+}
+
+impl LayerSeeds {
+    /// Draws the step's seed from torch's generator when `training`.
+    pub fn draw(training: bool) -> Self {
+        let step_seed = training.then(|| {
+            i64::try_from(Tensor::randint(i64::MAX / 2, [1], (Kind::Int64, Device::Cpu)).get(0))
+                .unwrap_or(0)
+        });
+        LayerSeeds { step_seed }
+    }
+
+    /// Seeds torch's generator for layer `i` (before its forward and before its recomputation).
+    pub fn seed_layer(&self, i: usize) {
+        if let Some(s) = self.step_seed {
+            tch::manual_seed(s.wrapping_add(i as i64));
+        }
+    }
+
+    /// Moves the generator on to a state derived from the step's seed, so later draws do not repeat the
+    /// last layer's.
+    pub fn finish(&self) {
+        if let Some(s) = self.step_seed {
+            tch::manual_seed(
+                s.wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407)
+                    & i64::MAX,
+            );
+        }
     }
 }

@@ -248,17 +248,10 @@ impl LlamaDims {
             names.push("lm_head.weight".into());
         }
         for l in 0..self.num_hidden_layers {
-            for s in [
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-                "input_layernorm",
-                "post_attention_layernorm",
-            ] {
+            let modules = ferrotune_core::model_shape::PROJECTION_PATHS
+                .iter()
+                .chain(&["input_layernorm", "post_attention_layernorm"]);
+            for s in modules {
                 names.push(format!("model.layers.{l}.{s}.weight"));
             }
         }

@@ -8,15 +8,7 @@ use serde_json::{Map, Value};
 use tch::{Kind, Tensor};
 
 /// The projections LoRA can wrap, in checkpoint order.
-pub const ALL_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub const ALL_TARGETS: [&str; 7] = ferrotune_core::model_shape::PROJECTIONS;
 
 /// PEFT's LoRA `adapter_config.json` (reading ignores unknown keys; writing emits the keys PEFT 0.21 writes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -101,25 +101,7 @@ pub fn load_weights(model: &LlamaForCausalLM, dir: &Path) -> Result<(), ModelErr
         tracing::debug!(file = %file.display(), "loading weights");
         for_each_tensor(file, &mut |name, t| {
             let key = name.strip_prefix("module.").unwrap_or(name);
-            if let Some(dst) = params.get_mut(key) {
-                if dst.size() != t.size() {
-                    return Err(ModelError::ckpt(
-                        file,
-                        format!(
-                            "`{key}` has shape {:?}, the config implies {:?}",
-                            t.size(),
-                            dst.size()
-                        ),
-                    ));
-                }
-                dst.copy_(t);
-                seen.insert(key.to_string());
-            } else if !(key.ends_with("rotary_emb.inv_freq")
-                || key == "lm_head.weight" && model.lm_head.is_none())
-            {
-                tracing::warn!(file = %file.display(), "ignoring unexpected tensor `{key}`");
-            }
-            Ok(())
+            copy_into_param(model, &mut params, &mut seen, file, key, t)
         })?;
     }
     let mut missing: Vec<&String> = params.keys().filter(|k| !seen.contains(*k)).collect();
@@ -132,6 +114,38 @@ pub fn load_weights(model: &LlamaForCausalLM, dir: &Path) -> Result<(), ModelErr
                 missing.len()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Copies checkpoint tensor `key` of `file` into its declared parameter in `params` (shapes must agree) and
+/// records it in `seen`; a key with no parameter is warned about, except the ones HF checkpoints carry
+/// without one (`rotary_emb.inv_freq`, a tied model's `lm_head.weight`).
+pub fn copy_into_param(
+    model: &LlamaForCausalLM,
+    params: &mut HashMap<String, Tensor>,
+    seen: &mut HashSet<String>,
+    file: &Path,
+    key: &str,
+    t: &Tensor,
+) -> Result<(), ModelError> {
+    if let Some(dst) = params.get_mut(key) {
+        if dst.size() != t.size() {
+            return Err(ModelError::ckpt(
+                file,
+                format!(
+                    "`{key}` has shape {:?}, the config implies {:?}",
+                    t.size(),
+                    dst.size()
+                ),
+            ));
+        }
+        tch::no_grad(|| dst.copy_(t));
+        seen.insert(key.to_string());
+    } else if !(key.ends_with("rotary_emb.inv_freq")
+        || key == "lm_head.weight" && model.lm_head.is_none())
+    {
+        tracing::warn!(file = %file.display(), "ignoring unexpected tensor `{key}`");
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::quant_linear::QuantLinear;
 use crate::quantize::{quantize_weight, release};
 use crate::QuantError;
 use ferrotune_core::DType;
-use ferrotune_model::pretrained::{checkpoint_files, for_each_tensor};
+use ferrotune_model::pretrained::{checkpoint_files, copy_into_param, for_each_tensor};
 use ferrotune_model::rope::Rotary;
 use ferrotune_model::{kind_of, BaseWeight, LlamaConfig, LlamaForCausalLM, ModelError};
 use serde_json::Value;
@@ -122,15 +122,7 @@ fn projection_of(key: &str) -> Option<(usize, &'static str, usize)> {
     let rest = key.strip_prefix("model.layers.")?;
     let (i, rest) = rest.split_once('.')?;
     let i: usize = i.parse().ok()?;
-    const NAMES: [&str; 7] = [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ];
+    const NAMES: [&str; 7] = ferrotune_core::model_shape::PROJECTION_PATHS;
     let name = NAMES
         .iter()
         .find(|n| rest.starts_with(*n) && rest[n.len()..].starts_with('.'))?;
@@ -228,25 +220,7 @@ fn stream(dir: &Path, dtype: DType, device: Device, src: Source) -> Result<Loade
                 }
                 return Ok(());
             }
-            if let Some(dst) = dense.get_mut(key) {
-                if dst.size() != t.size() {
-                    return Err(ckpt_err(
-                        file,
-                        format!(
-                            "`{key}` has shape {:?}, the config implies {:?}",
-                            t.size(),
-                            dst.size()
-                        ),
-                    ));
-                }
-                dst.copy_(t);
-                seen.insert(key.to_string());
-            } else if !(key.ends_with("rotary_emb.inv_freq")
-                || key == "lm_head.weight" && model.lm_head.is_none())
-            {
-                tracing::warn!(file = %file.display(), "ignoring unexpected tensor `{key}`");
-            }
-            Ok(())
+            copy_into_param(&model, &mut dense, &mut seen, file, key, t)
         })?;
     }
     if let Source::Stored(spec) = src {

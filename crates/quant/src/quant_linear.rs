@@ -49,12 +49,7 @@ impl QuantLinear {
             QuantMethod::Int8 { threshold } => {
                 QuantData::Int8(quantize_int8(w, threshold, spec.compute_dtype))
             }
-            _ => {
-                return Err(QuantError::Spec(format!(
-                    "QuantLinear holds nf4/fp4/int8, not {}",
-                    spec.method_name()
-                )))
-            }
+            _ => return Err(not_bnb(spec)),
         };
         Ok(QuantLinear {
             data,
@@ -104,12 +99,7 @@ impl QuantLinear {
                 .map_err(err)?;
                 QuantData::Int8(q)
             }
-            _ => {
-                return Err(QuantError::Spec(format!(
-                    "QuantLinear holds nf4/fp4/int8, not {}",
-                    spec.method_name()
-                )))
-            }
+            _ => return Err(not_bnb(spec)),
         };
         Ok(QuantLinear {
             data,
@@ -172,4 +162,12 @@ impl QuantKernel for QuantLinear {
             QuantData::Int8(q) => q.resident_bytes(),
         }
     }
+}
+
+/// The error for a method `QuantLinear` does not hold (GPTQ/RTN have their own kernel).
+fn not_bnb(spec: &QuantSpec) -> QuantError {
+    QuantError::Spec(format!(
+        "QuantLinear holds nf4/fp4/int8, not {}",
+        spec.method_name()
+    ))
 }

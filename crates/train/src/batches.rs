@@ -6,7 +6,6 @@
 //! The order of an epoch is a pure function of `(seed, epoch)`, so a run resumed at "epoch e, k
 //! micro-batches consumed" sees exactly the batches the uninterrupted run would have seen.
 
-use ferrotune_data::{DistributedSampler, SamplerConfig};
 use ferrotune_model::AttentionMask;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
@@ -138,13 +137,7 @@ fn pack_layout(samples: &[&Sample], t: usize) -> PackedRows {
 /// The sample order of `epoch`: the data crate's [`DistributedSampler`] at world size 1 (a Fisher-Yates
 /// shuffle seeded by `(seed, epoch)`, or the identity).
 pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
-    let cfg = SamplerConfig {
-        batch_size: 1,
-        shuffle,
-        seed,
-        ..SamplerConfig::default()
-    };
-    DistributedSampler::new(cfg, vec![0; n]).rank_indices(epoch)
+    crate::parallel::sampler(n, 1, seed, shuffle, 0, 1).rank_indices(epoch)
 }
 
 /// The micro-batches of one epoch (the last one may be smaller; none is dropped).

@@ -40,6 +40,21 @@ pub struct SamplerPosition {
     pub batches_consumed: u64,
 }
 
+impl TrainerState {
+    /// The state of a fresh run of `cfg` lasting `max_steps` optimizer steps.
+    pub fn fresh(cfg: &ferrotune_core::train_config::TrainConfig, max_steps: u64) -> Self {
+        TrainerState {
+            max_steps,
+            seed: cfg.seed,
+            loss_scaler: cfg.fp16.then(LossScaler::default),
+            finetuning_type: format!("{:?}", cfg.finetuning_type).to_lowercase(),
+            stage: format!("{:?}", cfg.stage).to_lowercase(),
+            ferrotune_version: ferrotune_core::VERSION.into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// `trainer_state.json`: everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {

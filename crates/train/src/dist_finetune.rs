@@ -22,12 +22,11 @@
 //! rank, so with `lora_dropout > 0` a distributed run is a different (equally valid) draw.
 
 use crate::batches::{HostBatch, Sample};
-use crate::checkpoint::{self, SamplerPosition, SchedulerState, TrainerState};
+use crate::checkpoint::{self, SamplerPosition, TrainerState};
 use crate::engine::Engine;
 use crate::error::TrainError;
 use crate::eval::{eval_sums, EvalMetrics};
 use crate::finetune::{RunSummary, TrainData};
-use crate::loss_scale::LossScaler;
 use crate::metrics::{peak_rss_mib, MetricsLog, MetricsRecord};
 use crate::model_setup::{self, TrainModel};
 use crate::optim::AdamWConfig;
@@ -131,30 +130,11 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
     let bs = cfg.per_device_train_batch_size;
     let ga = cfg.gradient_accumulation_steps;
     let global_mb = bs * world;
-    let micro_per_epoch = data.train.len().div_ceil(global_mb) as u64;
-    let steps_per_epoch = micro_per_epoch.div_ceil(ga as u64).max(1);
-    let total_steps = cfg
-        .max_steps
-        .unwrap_or_else(|| (cfg.num_train_epochs * steps_per_epoch as f64).ceil() as u64);
-    let schedule = LrSchedule {
-        kind: cfg.lr_scheduler_type,
-        base_lr: cfg.learning_rate,
-        warmup_steps: LrSchedule::warmup_from(cfg.warmup_steps, cfg.warmup_ratio, total_steps),
-        total_steps,
-        steps_per_epoch,
-        gamma: cfg.gamma,
-    };
+    let schedule = LrSchedule::for_run(cfg, data.train.len(), global_mb);
+    let total_steps = schedule.total_steps;
 
     // --- state (fresh or resumed) ---
-    let mut state = TrainerState {
-        max_steps: total_steps,
-        seed: cfg.seed,
-        loss_scaler: cfg.fp16.then(LossScaler::default),
-        finetuning_type: format!("{:?}", cfg.finetuning_type).to_lowercase(),
-        stage: format!("{:?}", cfg.stage).to_lowercase(),
-        ferrotune_version: ferrotune_core::VERSION.into(),
-        ..Default::default()
-    };
+    let mut state = TrainerState::fresh(cfg, total_steps);
     if let Some(dir) = &resume {
         let saved = checkpoint::load_state(dir)?;
         sharded_ckpt::load(dir, &mut engine)?;
@@ -333,14 +313,7 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
         }
         interrupted = dist.sum_f64(&[f64::from(u8::from(interrupt::requested()))])?[0] > 0.0;
         if (cfg.save_steps > 0 && gs.is_multiple_of(cfg.save_steps)) || last || interrupted {
-            let sched = SchedulerState {
-                kind: format!("{:?}", schedule.kind).to_lowercase(),
-                base_lr: schedule.base_lr,
-                warmup_steps: schedule.warmup_steps,
-                total_steps: schedule.total_steps,
-                last_step: gs,
-                last_lr: lr,
-            };
+            let sched = schedule.state_at(gs, lr);
             let args = SaveArgs {
                 cfg,
                 run: &run_dir,

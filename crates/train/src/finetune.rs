@@ -13,10 +13,9 @@
 //! bit for bit (on CPU, fixed threads).
 
 use crate::batches::{epoch_batches, HostBatch, Sample};
-use crate::checkpoint::{self, SamplerPosition, SchedulerState, TrainerState};
+use crate::checkpoint::{self, SamplerPosition, TrainerState};
 use crate::error::TrainError;
 use crate::eval::{evaluate, EvalMetrics};
-use crate::loss_scale::LossScaler;
 use crate::metrics::{peak_rss_mib, MetricsLog, MetricsRecord};
 use crate::model_setup::{self, TrainModel};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
@@ -112,30 +111,11 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
     };
     let bs = cfg.per_device_train_batch_size;
     let ga = cfg.gradient_accumulation_steps;
-    let micro_per_epoch = data.train.len().div_ceil(bs) as u64;
-    let steps_per_epoch = micro_per_epoch.div_ceil(ga as u64).max(1);
-    let total_steps = cfg
-        .max_steps
-        .unwrap_or_else(|| (cfg.num_train_epochs * steps_per_epoch as f64).ceil() as u64);
-    let schedule = LrSchedule {
-        kind: cfg.lr_scheduler_type,
-        base_lr: cfg.learning_rate,
-        warmup_steps: LrSchedule::warmup_from(cfg.warmup_steps, cfg.warmup_ratio, total_steps),
-        total_steps,
-        steps_per_epoch,
-        gamma: cfg.gamma,
-    };
+    let schedule = LrSchedule::for_run(cfg, data.train.len(), bs);
+    let (total_steps, steps_per_epoch) = (schedule.total_steps, schedule.steps_per_epoch);
 
     // --- state (fresh or resumed) ---
-    let mut state = TrainerState {
-        max_steps: total_steps,
-        seed: cfg.seed,
-        loss_scaler: cfg.fp16.then(LossScaler::default),
-        finetuning_type: format!("{:?}", cfg.finetuning_type).to_lowercase(),
-        stage: format!("{:?}", cfg.stage).to_lowercase(),
-        ferrotune_version: ferrotune_core::VERSION.into(),
-        ..Default::default()
-    };
+    let mut state = TrainerState::fresh(cfg, total_steps);
     if let Some(dir) = &resume {
         let saved = checkpoint::load_state(dir)?;
         let opt_file = dir.join(checkpoint::OPTIMIZER);
@@ -391,14 +371,7 @@ fn save_checkpoint(
     schedule: &LrSchedule,
     lr: f64,
 ) -> Result<(), TrainError> {
-    let sched = SchedulerState {
-        kind: format!("{:?}", schedule.kind).to_lowercase(),
-        base_lr: schedule.base_lr,
-        warmup_steps: schedule.warmup_steps,
-        total_steps: schedule.total_steps,
-        last_step: state.global_step,
-        last_lr: lr,
-    };
+    let sched = schedule.state_at(state.global_step, lr);
     let dir = checkpoint::save(
         run,
         state,

@@ -21,7 +21,7 @@ use crate::model_setup::TrainModel;
 use crate::parallel::{dist_err, Dist};
 use ferrotune_dist::ReduceOp;
 use ferrotune_model::AttentionMask;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 const ROOT: &str = "root";
 
@@ -42,18 +42,8 @@ pub fn forward_backward(
     let h0 = model.model.embed_tokens.forward(ids);
     let (cos, sin) = model.model.rotary.cos_sin(pos_ids, h0.kind());
     let m = mask.to_sdpa(t, 0, h0.device());
-    let reseed = model.adapter_state().training();
-    let step_seed = if reseed {
-        i64::try_from(Tensor::randint(i64::MAX / 2, [1], (Kind::Int64, Device::Cpu)).get(0))
-            .unwrap_or(0)
-    } else {
-        0
-    };
-    let seed_layer = |i: usize| {
-        if reseed {
-            tch::manual_seed(step_seed.wrapping_add(i as i64));
-        }
-    };
+    let seeds = ferrotune_model::checkpointing::LayerSeeds::draw(model.adapter_state().training());
+    let seed_layer = |i: usize| seeds.seed_layer(i);
 
     // Forward, one gathered layer at a time, keeping layer inputs only.
     let mut inputs = vec![h0.detach()];
@@ -124,14 +114,7 @@ pub fn forward_backward(
             reduce_into(engine, dist, li, &gs)?;
         }
     }
-    if reseed {
-        tch::manual_seed(
-            step_seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407)
-                & i64::MAX,
-        );
-    }
+    seeds.finish();
 
     // Embeddings (when trainable), then the root's gradient.
     if let Some(r) = root {

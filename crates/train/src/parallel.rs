@@ -35,6 +35,25 @@ pub fn rank_epoch_batches(
     rank: usize,
     world: usize,
 ) -> Vec<HostBatch> {
+    sampler(samples.len(), batch_size, seed, shuffle, rank, world)
+        .batches(epoch)
+        .into_iter()
+        .map(|idx| {
+            let rows: Vec<&Sample> = idx.iter().map(|i| &samples[*i]).collect();
+            HostBatch::collate(&rows, pad_id)
+        })
+        .collect()
+}
+
+/// The data crate's sampler over `n` samples for `rank` of `world` (no length grouping, nothing dropped).
+pub fn sampler(
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    shuffle: bool,
+    rank: usize,
+    world: usize,
+) -> DistributedSampler {
     let cfg = SamplerConfig {
         batch_size: batch_size.max(1),
         rank,
@@ -44,14 +63,7 @@ pub fn rank_epoch_batches(
         drop_last: false,
         group_by_length: false,
     };
-    DistributedSampler::new(cfg, vec![0; samples.len()])
-        .batches(epoch)
-        .into_iter()
-        .map(|idx| {
-            let rows: Vec<&Sample> = idx.iter().map(|i| &samples[*i]).collect();
-            HostBatch::collate(&rows, pad_id)
-        })
-        .collect()
+    DistributedSampler::new(cfg, vec![0; n])
 }
 
 /// The job this process is part of, connected.

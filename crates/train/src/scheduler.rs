@@ -1,7 +1,9 @@
 //! Learning-rate schedules, with the exact formulas of transformers' `get_scheduler` (constant, linear,
 //! cosine, all with linear warmup) and llama-recipes' StepLR (`gamma` per epoch).
 
+use crate::checkpoint::SchedulerState;
 pub use ferrotune_core::train_config::SchedulerType;
+use ferrotune_core::train_config::TrainConfig;
 
 /// A schedule resolved against the run's length.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +18,38 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// The schedule of a run over `samples` training samples taken `global_micro_batch` at a time (world ×
+    /// per-device batch) with `gradient_accumulation_steps`: `max_steps`, else `num_train_epochs` epochs.
+    pub fn for_run(cfg: &TrainConfig, samples: usize, global_micro_batch: usize) -> Self {
+        let micro_per_epoch = samples.div_ceil(global_micro_batch.max(1)) as u64;
+        let steps_per_epoch = micro_per_epoch
+            .div_ceil(cfg.gradient_accumulation_steps.max(1) as u64)
+            .max(1);
+        let total_steps = cfg
+            .max_steps
+            .unwrap_or_else(|| (cfg.num_train_epochs * steps_per_epoch as f64).ceil() as u64);
+        LrSchedule {
+            kind: cfg.lr_scheduler_type,
+            base_lr: cfg.learning_rate,
+            warmup_steps: Self::warmup_from(cfg.warmup_steps, cfg.warmup_ratio, total_steps),
+            total_steps,
+            steps_per_epoch,
+            gamma: cfg.gamma,
+        }
+    }
+
+    /// What a checkpoint records of this schedule at `step` (rate `lr`).
+    pub fn state_at(&self, step: u64, lr: f64) -> SchedulerState {
+        SchedulerState {
+            kind: format!("{:?}", self.kind).to_lowercase(),
+            base_lr: self.base_lr,
+            warmup_steps: self.warmup_steps,
+            total_steps: self.total_steps,
+            last_step: step,
+            last_lr: lr,
+        }
+    }
+
     /// Warmup steps from `warmup_steps` if set, else `ceil(warmup_ratio * total)` as transformers does.
     pub fn warmup_from(warmup_steps: Option<u64>, warmup_ratio: f64, total_steps: u64) -> u64 {
         warmup_steps.unwrap_or_else(|| (warmup_ratio * total_steps as f64).ceil() as u64)
