@@ -8,7 +8,8 @@
 //!
 //! The lib dir comes from the same variables torch-sys reads (set by tools/setup-torch.sh via
 //! tools/with-torch). A crate that needs more in its build script includes this file as a module
-//! (`#[path = "../../tools/build/torch_link.rs"] mod torch_link;`) and calls [`link_torch`].
+//! (`#[path = "../../tools/build/torch_link.rs"] mod torch_link;`) and calls [`link_torch`] (and
+//! tools/build/torch_shim.rs for C++ written against libtorch's headers).
 
 use std::env;
 use std::path::PathBuf;
@@ -31,6 +32,16 @@ pub fn link_torch() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // The wheel's CUDA runtime libraries (libnvrtc for quant's fused kernels, dlopened by cudarc).
+    if let Some(cu) = lib
+        .parent()
+        .and_then(|t| t.parent())
+        .map(|s| s.join("nvidia/cu13/lib"))
+    {
+        if cu.is_dir() {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", cu.display());
+        }
+    }
     // The directory with the libnccl.so link (cudarc dlopens it by that name), from the setup script.
     if let Ok(extra) = env::var("FERROTUNE_EXTRA_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{extra}");

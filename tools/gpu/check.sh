@@ -225,7 +225,7 @@ PY
 
 # --- (g) 7B QLoRA memory check (added by the quant helpers) ------------------------------------------
 if [ -x tools/gpu/qlora_7b.sh ]; then
-  BIN="$bin" PYTHON="$py" DEVICE="$device" step g_qlora_7b 260 tools/gpu/qlora_7b.sh
+  BIN="$bin" PYTHON="$py" DEVICE="$device" step g_qlora_7b 900 tools/gpu/qlora_7b.sh
 else
   note "step g_qlora_7b: skipped (tools/gpu/qlora_7b.sh absent)"
 fi

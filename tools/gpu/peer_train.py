@@ -33,6 +33,8 @@ p.add_argument("--steps", type=int, default=8, help="timed steps")
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--dtype", default="bf16", choices=["bf16", "f32"])
 p.add_argument("--device", default="cuda")
+p.add_argument("--gradient-checkpointing", action="store_true",
+               help="transformers' activation checkpointing per decoder layer (non-reentrant)")
 a = p.parse_args()
 
 dev = torch.device(a.device)
@@ -64,6 +66,8 @@ torch.set_default_dtype(dtype)
 with dev:
     model = LlamaForCausalLM(cfg)
 torch.set_default_dtype(prev)
+if a.gradient_checkpointing:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 lcfg = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0, task_type="CAUSAL_LM",
                   target_modules=a.targets.split(","))
 model = get_peft_model(model, lcfg)
@@ -102,6 +106,7 @@ print(json.dumps({
     "step_seconds": [round(s, 4) for s in step_s],
     "losses": [round(x, 4) for x in losses],
     "init_seconds": round(init_s, 2),
+    "gradient_checkpointing": a.gradient_checkpointing,
     "trainable_params": sum(p.numel() for p in trainable),
     "total_params": sum(p.numel() for p in model.parameters()),
     "max_memory_allocated_mib": torch.cuda.max_memory_allocated(dev) / mib if cuda else None,

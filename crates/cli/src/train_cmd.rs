@@ -48,7 +48,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "train_seconds": s.train_seconds,
         "tokens_per_second": s.tokens_per_second,
         "peak_memory_mib": s.peak_memory_mib,
-        "peak_gpu_memory_mib": peak_gpu_mib(&s.output_dir),
+        "peak_gpu_memory_mib": peak_gpu(&s.output_dir, |r| r.peak_gpu_memory_mib),
+        "peak_gpu_allocated_mib": peak_gpu(&s.output_dir, |r| r.peak_gpu_allocated_mib),
+        "peak_gpu_reserved_mib": peak_gpu(&s.output_dir, |r| r.peak_gpu_reserved_mib),
         "interrupted": s.interrupted,
         "resumed_from": s.resumed_from,
     });
@@ -72,8 +74,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(l) = s.losses.last() {
         println!("final train loss  {l:.4}");
     }
-    if let Some(g) = peak_gpu_mib(&s.output_dir) {
-        println!("peak GPU memory   {g:.0} MiB (libtorch reserved, sampled)");
+    if let Some(a) = peak_gpu(&s.output_dir, |r| r.peak_gpu_allocated_mib) {
+        let r = peak_gpu(&s.output_dir, |r| r.peak_gpu_reserved_mib).unwrap_or(a);
+        println!(
+            "peak GPU memory   {a:.0} MiB allocated, {r:.0} MiB reserved (libtorch allocator)"
+        );
+    }
+    if let Some(g) = peak_gpu(&s.output_dir, |r| r.peak_gpu_memory_mib) {
+        println!("peak GPU memory   {g:.0} MiB device used above the start (sampled)");
     }
     if let Some(m) = s.initial_eval {
         println!(
@@ -97,12 +105,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The last peak GPU memory the run logged in metrics.jsonl (CUDA runs only).
-fn peak_gpu_mib(output_dir: &std::path::Path) -> Option<f64> {
+/// The last peak GPU memory figure `field` the run logged in metrics.jsonl (CUDA runs only).
+fn peak_gpu(
+    output_dir: &std::path::Path,
+    field: fn(&ferrotune_train::metrics::MetricsRecord) -> Option<f64>,
+) -> Option<f64> {
     let records =
         ferrotune_train::metrics::read_records(&ferrotune_core::RunDir::new(output_dir).metrics())
             .ok()?;
-    records.iter().rev().find_map(|r| r.peak_gpu_memory_mib)
+    records.iter().rev().find_map(field)
 }
 
 #[derive(Debug, clap::Args)]

@@ -13,9 +13,9 @@
 //!   fp32 master copy for mixed-precision full fine-tuning (ZeRO's 2 + 2 + 12 bytes/param);
 //! * **activations** per decoder layer for `batch × seq` tokens as autograd saves them in ferrotune's
 //!   layers (fp32 RMSNorm inputs, rotary q/k and v, fused-attention output, SiLU-gate MLP, the inputs of
-//!   every projection that trains — LoRA keeps its own fp32 copy when the compute dtype is 16-bit — and,
-//!   with a quantized base and no checkpointing, each projection's dequantized weight); with gradient
-//!   checkpointing only each layer's input plus one recomputed layer;
+//!   every projection that trains — LoRA keeps its own fp32 copy when the compute dtype is 16-bit); with
+//!   gradient checkpointing only each layer's input plus one recomputed layer; a quantized base adds one
+//!   dense dequantized projection (none is kept for the backward: it is dequantized again there);
 //! * **logits/loss**: ferrotune's trainer uses a chunked fused loss head (`lm_head` + cross-entropy + their
 //!   backward, 2^22 logits at a time): one chunk's logits, fp32 log-probabilities and gradient, plus the
 //!   hidden-state gradient (and an fp32 `lm_head` gradient buffer when it trains); with `chunked_loss` off,
@@ -284,10 +284,6 @@ pub fn layer_activation_bytes(s: &ModelShape, o: &EstimateOptions) -> u64 {
             b += n * a * t * o.lora_rank;
         }
     }
-    // A quantized projection's forward dequantizes its weight, and the matmul keeps it for the input gradient.
-    if o.bits <= 8 && !o.gradient_checkpointing {
-        b += e * s.layer_projection_params();
-    }
     b
 }
 
@@ -302,12 +298,21 @@ pub fn activation_bytes(s: &ModelShape, o: &EstimateOptions) -> u64 {
         } else {
             0
         };
-    if o.gradient_checkpointing {
-        // Each layer's input is kept; one layer is recomputed at a time with its incoming gradient.
-        s.num_hidden_layers * residual + head + layer + 2 * residual
+    // A quantized projection dequantizes its weight for the product and again for the input gradient,
+    // keeping none: one dense weight (at most the largest projection's) exists at a time.
+    let dequantized = if o.bits <= 8 {
+        let (h, i) = (s.hidden_size, s.intermediate_size);
+        o.compute_bytes * h * i.max(h).max(s.num_attention_heads * s.head_dim)
     } else {
-        s.num_hidden_layers * layer + head
-    }
+        0
+    };
+    dequantized
+        + if o.gradient_checkpointing {
+            // Each layer's input is kept; one layer is recomputed at a time with its incoming gradient.
+            s.num_hidden_layers * residual + head + layer + 2 * residual
+        } else {
+            s.num_hidden_layers * layer + head
+        }
 }
 
 /// Logits and loss buffers of the loss head and its backward.

@@ -53,6 +53,31 @@ pub enum Absmax {
     },
 }
 
+impl Blockwise8 {
+    /// A new handle on the same tensors (no data copied).
+    pub fn shallow_clone(&self) -> Self {
+        Blockwise8 {
+            codes: self.codes.shallow_clone(),
+            absmax: self.absmax.shallow_clone(),
+            code: self.code.shallow_clone(),
+            block_size: self.block_size,
+        }
+    }
+}
+
+impl Absmax {
+    /// A new handle on the same tensors (no data copied).
+    pub fn shallow_clone(&self) -> Self {
+        match self {
+            Absmax::Plain(t) => Absmax::Plain(t.shallow_clone()),
+            Absmax::Double { q, offset } => Absmax::Double {
+                q: q.shallow_clone(),
+                offset: offset.shallow_clone(),
+            },
+        }
+    }
+}
+
 /// A 4-bit weight: packed codes and its absmax state.
 #[derive(Debug)]
 pub struct Packed4 {
@@ -178,6 +203,18 @@ pub fn quantize_4bit_chunked(
 }
 
 impl Packed4 {
+    /// A new handle on the same tensors (no data copied).
+    pub fn shallow_clone(&self) -> Self {
+        Packed4 {
+            kind: self.kind,
+            packed: self.packed.shallow_clone(),
+            absmax: self.absmax.shallow_clone(),
+            quant_map: self.quant_map.shallow_clone(),
+            block_size: self.block_size,
+            numel: self.numel,
+        }
+    }
+
     /// The fp32 absmax per block (dequantizing the double quantization: `dequantize_blockwise(q) + offset`).
     pub fn absmax_f32(&self) -> Tensor {
         match &self.absmax {
@@ -199,10 +236,26 @@ impl Packed4 {
             .narrow(0, 0, self.numel)
     }
 
-    /// [`Packed4::dequantize_f32`] rounded to `kind` (flat), computed [`DEQUANT_CHUNK`] elements at a time:
-    /// the same values bit for bit, but the int32 indices and fp32 temporaries stay a few MiB instead of
-    /// several times the weight (what a QLoRA forward allocates per projection).
+    /// [`Packed4::dequantize_f32`] rounded to `kind` (flat). On CUDA one fused kernel
+    /// ([`crate::cuda_dequant`]); elsewhere (or when the kernel is unavailable) tensor ops computed
+    /// [`DEQUANT_CHUNK`] elements at a time. The same values bit for bit, but the int32 indices and fp32
+    /// temporaries stay a few MiB instead of several times the weight (what a QLoRA forward allocates per
+    /// projection).
     pub fn dequantize(&self, kind: Kind) -> Tensor {
+        if self.packed.device().is_cuda() {
+            let _g = tch::no_grad_guard();
+            let fused = crate::cuda_dequant::dequantize_4bit(
+                &self.packed,
+                &self.absmax_f32(),
+                &self.quant_map,
+                self.numel,
+                self.block_size,
+                kind,
+            );
+            if let Some(w) = fused {
+                return w;
+            }
+        }
         self.dequantize_chunked(kind, DEQUANT_CHUNK)
     }
 

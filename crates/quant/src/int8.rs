@@ -63,7 +63,7 @@ pub fn quantize_int8(w: &Tensor, threshold: Option<f32>, outlier_kind: Kind) -> 
 impl Int8Weight {
     /// `int8_vectorwise_dequant`: `(q · SCB) · (1/127)` in fp32, outlier columns zero.
     pub fn dequantize_int8_part(&self) -> Tensor {
-        self.cb.to_kind(Kind::Float) * self.scb.unsqueeze(1) * INV_127
+        dequant_rows(&self.cb, &self.scb)
     }
 
     /// The full dense weight in fp32 (outlier columns restored).
@@ -79,12 +79,11 @@ impl Int8Weight {
 
     /// `x @ Wᵀ` in `kind`: the int8 part dequantized, plus the 16-bit outlier columns multiplied separately.
     pub fn matmul(&self, x: &Tensor, kind: Kind) -> Tensor {
-        let w = {
-            let _g = tch::no_grad_guard();
-            self.dequantize_int8_part().to_kind(kind)
-        };
         let x = x.to_kind(kind);
-        let y = x.matmul(&w.tr());
+        // Dequantized again in the backward rather than kept for it (`recompute`).
+        let (cb, scb) = (self.cb.shallow_clone(), self.scb.shallow_clone());
+        let y =
+            crate::recompute::matmul_recomputing(&x, move || dequant_rows(&cb, &scb).to_kind(kind));
         if self.outlier_cols.numel() > 0 {
             let xo = x.index_select(-1, &self.outlier_cols);
             y + xo.matmul(&self.outliers.to_kind(kind).tr())
@@ -162,4 +161,9 @@ impl Int8Weight {
             .map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes())
             .sum()
     }
+}
+
+/// `(q · SCB) · (1/127)` in fp32 for int8 rows `cb` [out, in] and their absmax `scb` [out].
+fn dequant_rows(cb: &Tensor, scb: &Tensor) -> Tensor {
+    cb.to_kind(Kind::Float) * scb.unsqueeze(1) * INV_127
 }

@@ -22,6 +22,7 @@
 pub mod blockwise;
 pub mod calibrate;
 pub mod codes;
+pub mod cuda_dequant;
 pub mod error;
 pub mod format;
 pub mod gptq;
@@ -32,6 +33,7 @@ pub mod int8;
 pub mod load;
 pub mod quant_linear;
 pub mod quantize;
+pub mod recompute;
 pub mod rtn;
 pub mod save;
 

@@ -1,11 +1,13 @@
 //! `QuantLinear`: a decoder projection's base weight held as NF4 / FP4 (packed, blockwise absmax, optional
 //! double quant) or int8 (row absmax, optional 16-bit outlier columns). The forward dequantizes on the fly
 //! with tensor ops (CPU and CUDA) into the compute dtype and multiplies; the quantized tensors never require
-//! grad, while the input's gradient flows, so LoRA adapters on top train (QLoRA).
+//! grad, while the input's gradient flows, so LoRA adapters on top train (QLoRA). The dense weight is not
+//! kept for the backward: it is dequantized again there (`recompute`).
 
 use crate::blockwise::{quantize_4bit, FourBit, Packed4};
 use crate::format::{QuantKernel, QuantMethod, QuantSpec};
 use crate::int8::{quantize_int8, Int8Weight};
+use crate::recompute;
 use crate::QuantError;
 use ferrotune_model::LinearKernel;
 use tch::{Kind, Tensor};
@@ -115,11 +117,12 @@ impl LinearKernel for QuantLinear {
         let kind = x.kind();
         let y = match &self.data {
             QuantData::FourBit(p) => {
-                // Dequantized in bounded chunks straight into the compute dtype (bitsandbytes' values).
-                let w = p
-                    .dequantize(self.compute_dtype)
-                    .reshape([self.out_features, self.in_features]);
-                x.to_kind(self.compute_dtype).matmul(&w.tr())
+                // Dequantized in bounded chunks straight into the compute dtype (bitsandbytes' values),
+                // and again in the backward rather than kept for it.
+                let (p, kind, shape) = (p.shallow_clone(), self.compute_dtype, self.shape());
+                recompute::matmul_recomputing(&x.to_kind(self.compute_dtype), move || {
+                    p.dequantize(kind).reshape([shape.0, shape.1])
+                })
             }
             QuantData::Int8(q) => q.matmul(x, self.compute_dtype),
         };

@@ -292,6 +292,11 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
             let mean = window_losses.iter().sum::<f64>() / window_losses.len().max(1) as f64;
             window_losses.clear();
             if let Some(m) = metrics.as_mut() {
+                // Rank 0's GPU (every rank holds the same share).
+                let alloc = match device {
+                    tch::Device::Cuda(i) => crate::gpu_memory::allocator_stats(i),
+                    _ => None,
+                };
                 m.append(&MetricsRecord {
                     step: gs,
                     epoch: state.epoch,
@@ -300,6 +305,8 @@ pub fn run(cfg: &TrainConfig, data: TrainData, env: RankEnv) -> Result<RunSummar
                     grad_norm: Some(last_grad_norm),
                     tokens_per_second: Some(rate),
                     peak_memory_mib: peak_rss_mib(),
+                    peak_gpu_allocated_mib: alloc.map(|a| a.peak_allocated_mib),
+                    peak_gpu_reserved_mib: alloc.map(|a| a.peak_reserved_mib),
                     skipped_steps: Some(state.skipped_steps),
                     ..Default::default()
                 })?;

@@ -249,6 +249,7 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
             let rate = progress.take_window_rate();
             let mean = window_losses.iter().sum::<f64>() / window_losses.len().max(1) as f64;
             window_losses.clear();
+            let alloc = gpu_mem.as_ref().and_then(|g| g.allocator());
             metrics.append(&MetricsRecord {
                 step: gs,
                 epoch: state.epoch,
@@ -261,6 +262,8 @@ pub fn run(cfg: &TrainConfig, data: TrainData) -> Result<RunSummary, TrainError>
                     g.sample();
                     g.peak_mib()
                 }),
+                peak_gpu_allocated_mib: alloc.map(|a| a.peak_allocated_mib),
+                peak_gpu_reserved_mib: alloc.map(|a| a.peak_reserved_mib),
                 skipped_steps: Some(state.skipped_steps),
                 ..Default::default()
             })?;

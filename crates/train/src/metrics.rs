@@ -37,9 +37,15 @@ pub struct MetricsRecord {
     /// Peak resident memory of the process so far, in MiB (CPU), as the kernel reports it (VmHWM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_memory_mib: Option<f64>,
-    /// CUDA runs: peak GPU memory reserved by libtorch so far, in MiB (see `gpu_memory`).
+    /// CUDA runs: peak used device memory above the run's baseline so far, in MiB (see `gpu_memory`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_gpu_memory_mib: Option<f64>,
+    /// CUDA runs: libtorch's `max_memory_allocated` so far, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_allocated_mib: Option<f64>,
+    /// CUDA runs: libtorch's `max_memory_reserved` so far, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_reserved_mib: Option<f64>,
     /// Steps skipped so far because the loss was NaN/inf.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_steps: Option<u64>,
