@@ -159,6 +159,8 @@ print(json.dumps({
     "timed_steps": len(rates),
     "losses": [round(r["loss"], 4) for r in recs],
     "peak_gpu_memory_mib": max((r.get("peak_gpu_memory_mib") or 0.0) for r in recs) or None,
+    "max_memory_allocated_mib": max((r.get("peak_gpu_allocated_mib") or 0.0) for r in recs) or None,
+    "max_memory_reserved_mib": max((r.get("peak_gpu_reserved_mib") or 0.0) for r in recs) or None,
     "peak_rss_mib": max((r.get("peak_memory_mib") or 0.0) for r in recs),
 }))
 PY

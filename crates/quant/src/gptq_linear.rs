@@ -125,6 +125,17 @@ impl Int4GroupLinear {
         ((self.codes().to_kind(Kind::Float) - z) * s).to_kind(kind)
     }
 
+    /// A new handle on the same tensors (no data copied).
+    pub fn shallow_clone(&self) -> Self {
+        Int4GroupLinear {
+            qweight: self.qweight.shallow_clone(),
+            scales: self.scales.shallow_clone(),
+            zeros: self.zeros.shallow_clone(),
+            g_idx: self.g_idx.as_ref().map(Tensor::shallow_clone),
+            ..*self
+        }
+    }
+
     /// Resident bytes of the quantized tensors.
     pub fn nbytes(&self) -> i64 {
         let b = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
@@ -236,7 +247,9 @@ impl Int4GroupLinear {
 
 impl LinearKernel for Int4GroupLinear {
     fn matmul(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.dequantize(x.kind()).tr())
+        // Dequantized again in the backward rather than kept for it (`recompute`).
+        let (w, kind) = (self.shallow_clone(), x.kind());
+        crate::recompute::matmul_recomputing(x, move || w.dequantize(kind))
     }
     fn dense_weight(&self, kind: Kind) -> Tensor {
         self.dequantize(kind)

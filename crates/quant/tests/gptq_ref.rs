@@ -226,3 +226,19 @@ fn int4_packing_round_trips_odd_widths() {
     )
     .is_err());
 }
+
+#[test]
+fn int4_linear_input_gradient_uses_the_dequantized_weight() {
+    // The product keeps no dense weight for the backward (it dequantizes again): same output and input
+    // gradient as the dense product with the dequantized weight.
+    tch::manual_seed(11);
+    let w = Tensor::randn([24, 200], (Kind::Float, tch::Device::Cpu)) * 0.05;
+    let q = quantize_rtn(&w, 64).unwrap();
+    let deq = q.dequantize(Kind::Float);
+    let x = Tensor::randn([3, 200], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let y = q.matmul(&x);
+    assert!(y.allclose(&x.detach().matmul(&deq.tr()), 1e-6, 1e-6, false));
+    let g = Tensor::randn([3, 24], (Kind::Float, tch::Device::Cpu));
+    (&y * &g).sum(Kind::Float).backward();
+    assert!(x.grad().allclose(&g.matmul(&deq), 1e-5, 1e-6, false));
+}
