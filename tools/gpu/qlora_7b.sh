@@ -8,9 +8,11 @@
 #   3. ferrotune bf16 LoRA, same model file and settings (no quantization);
 #   4. transformers + PEFT bf16 LoRA, same shape and settings (tools/gpu/peer_train.py; bitsandbytes is
 #      not installed on the machines, so there is no Python QLoRA peer).
+#   5. with EXTRA_CASES=1, for the estimator: ferrotune QLoRA on an int8 base (checkpointing) and NF4
+#      without checkpointing, each beside `ferrotune estimate` for the same case.
 # Prints one JSON object (also written to $OUT/g_qlora_7b_result.json); logs per part under $OUT.
 # Env: BIN (ferrotune), PYTHON (torch + transformers + peft), DEVICE (cuda; cpu = dry run on a tiny
-# shape), OUT (results dir), STEPS (timed steps, default 5).
+# shape), OUT (results dir), STEPS (timed steps, default 5), EXTRA_CASES (0/1).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bin=${BIN:-target/release/ferrotune}
@@ -40,7 +42,7 @@ for _ in $(seq 16); do cat datasets/demo_corpus.txt; done > "$work/data/corpus.t
 echo '{"corpus": {"file_name": "corpus.txt", "columns": {"prompt": "text"}}}' > "$work/data/dataset_info.json"
 "$bin" -q train-tokenizer --input datasets/demo_corpus.txt --vocab-size 1000 --out "$work/model/tokenizer.model"
 
-config() { # config NAME EXTRA_TOML
+config() { # config NAME CHECKPOINTING EXTRA_TOML
   cat > "$work/$1.toml" <<TOML
 model_name_or_path = "$work/model"
 stage = "pt"
@@ -56,17 +58,17 @@ per_device_train_batch_size = 1
 learning_rate = 2e-4
 max_steps = $((warm + steps))
 lr_scheduler_type = "constant"
-gradient_checkpointing = true
+gradient_checkpointing = $2
 logging_steps = 1
 save_steps = 0
 output_dir = "$work/out-$1"
 device = "$device"
 bf16 = true
-$2
+$3
 TOML
 }
-config qlora $'quantization_bit = 4\nquantization_type = "nf4"\ndouble_quantization = true'
-config lora ""
+config qlora true $'quantization_bit = 4\nquantization_type = "nf4"\ndouble_quantization = true'
+config lora true ""
 
 part qlora 300 "$bin" -q train "$work/qlora.toml" --json
 cp "$work/out-qlora/metrics.jsonl" "$out/g_qlora_metrics.jsonl" 2>/dev/null
@@ -77,6 +79,18 @@ cp "$work/out-lora/metrics.jsonl" "$out/g_lora_metrics.jsonl" 2>/dev/null
 part peer 240 "$py" tools/gpu/peer_train.py --layers $L --hidden $H --heads $NH --inter $I --vocab $V \
   --seq $S --batch 1 --rank 8 --targets $targets --gradient-checkpointing --steps "$steps" --warmup $warm \
   --dtype bf16 --device "$device"
+
+if [ "${EXTRA_CASES:-0}" = 1 ]; then
+  config int8 true 'quantization_bit = 8'
+  config nf4_nockpt false 'quantization_bit = 4'
+  for c in "int8 8 --gradient-checkpointing" "nf4_nockpt 4"; do
+    read -r name bits flag <<< "$c"
+    part "$name" 240 "$bin" -q train "$work/$name.toml" --json
+    cp "$work/out-$name/metrics.jsonl" "$out/g_${name}_metrics.jsonl" 2>/dev/null
+    part "estimate_$name" 60 "$bin" estimate --model "$work/model" --method qlora --bits "$bits" --seq $S \
+      --batch 1 $flag --lora-target all --world-size 1 --json
+  done
+fi
 
 "$py" - "$out" "$warm" <<'PY' | tee "$out/g_qlora_7b_result.json"
 import json, sys
@@ -106,14 +120,21 @@ def last_json(name):
     except (OSError, IndexError, ValueError) as e:
         return {"error": str(e)}
 
+def estimate(name):
+    est = last_json(name).get("single")
+    return est and {"total": est["total_mib"], "without_runtime": (est["total"] - est["runtime"]) / 2**20}
+
 res = {"ferrotune_qlora_nf4_dq": ferrotune("qlora"), "ferrotune_lora_bf16": ferrotune("lora")}
 peer = last_json("peer")
 res["peer_transformers_peft_lora_bf16"] = {k: peer.get(k) for k in (
     "tokens_per_second", "losses", "max_memory_allocated_mib", "max_memory_reserved_mib",
     "peak_used_above_baseline_mib", "device", "torch", "error")}
-est = last_json("estimate").get("single")
-if est:
-    res["estimate_qlora_mib"] = {"total": est["total_mib"],
-                                 "without_runtime": (est["total"] - est["runtime"]) / 2**20}
+res["estimate_qlora_mib"] = estimate("estimate")
+for extra in ("int8", "nf4_nockpt"):
+    try:
+        open(f"{out}/g_{extra}_metrics.jsonl").close()
+    except OSError:
+        continue
+    res[f"ferrotune_qlora_{extra}"] = dict(ferrotune(extra), estimate_mib=estimate(f"estimate_{extra}"))
 print(json.dumps(res, indent=1))
 PY
