@@ -117,12 +117,15 @@ def rate(name):
     recs = [json.loads(l) for l in open(f"{work}/{name}/metrics.jsonl") if '"loss"' in l]
     rs = [r["tokens_per_second"] for r in recs[warm:]]
     return len(rs) / sum(1.0 / r for r in rs)
-def resident(name):
+def from_logs(name, key):
+    """`key=N` from each rank's log of run `name` (None where a log lacks it)."""
     out = []
     for f in sorted(glob.glob(f"{work}/{name}/log-*.txt")):
-        m = re.search(r"resident_param_optimizer_bytes=(\d+)", open(f).read())
+        m = re.search(key + r"=(\d+)", open(f).read())
         out.append(int(m.group(1)) if m else None)
     return out
+def resident(name):
+    return from_logs(name, "resident_param_optimizer_bytes")
 def rss(name):
     return [json.load(open(f))["peak_memory_mib"] for f in sorted(glob.glob(f"{work}/{name}/summary-*.json"))]
 w1, ddp, fsdp = rate("w1"), rate("ddp"), rate("fsdp")
@@ -138,11 +141,7 @@ for label, m, ours in [("world 1", "single", w1), ("NO_SHARD / DDP", "ddp", ddp)
     print(f"peer {label:20s} {pr:8.0f} tokens/s   per-rank efficiency {pr / (2 * p1) if m != 'single' else 1:.2f}"
           f"   peak RSS MiB {[round(x) for x in peer[m]['peak_rss_mib']]}   ferrotune/peer {ours / pr:.2f}x")
 def setup_peak(name):
-    out = []
-    for f in sorted(glob.glob(f"{work}/{name}/log-*.txt")):
-        m = re.search(r"setup_peak_rss_mib=(\d+)", open(f).read())
-        out.append(int(m.group(1)) if m else None)
-    return out
+    return from_logs(name, "setup_peak_rss_mib")
 w1big = json.load(open(f"{work}/big-w1.json"))["peak_memory_mib"]
 print(f"LoRA on a saved 168M fp32 base (673 MB), MiB per rank: world 1 run peak {w1big:.0f}; "
       f"NO_SHARD setup peak {setup_peak('big-ddp')} run peak {[round(x) for x in rss('big-ddp')]}; "

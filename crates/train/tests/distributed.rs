@@ -84,12 +84,14 @@ fn sharded_resume() {
         "sharded checkpoint layout"
     );
     for (world, bs) in [(1usize, 6usize), (3, 2)] {
-        let out = tmp.path().join(format!("resumed-{world}"));
-        let mut c = cfg.clone();
-        c.output_dir = out.clone();
-        c.per_device_train_batch_size = bs;
-        c.resume_from_checkpoint = Some(ck.display().to_string());
-        launch(&c, world, true);
+        let out = resume(
+            &cfg,
+            &ck,
+            tmp.path().join(format!("resumed-{world}")),
+            world,
+            Some(bs),
+            true,
+        );
         let what = format!("world 2 → checkpoint-2 → world {world}");
         assert_close_losses(&what, &losses(&out), &want[2..]);
         assert_close_weights(&what, &out, &full_run);
@@ -110,12 +112,14 @@ fn full_state_dict() {
     // The FULL_STATE_DICT checkpoint is the single-process layout: the single-process recipe resumes it.
     let ck = out.join("checkpoint-2");
     assert!(ck.join("model.safetensors").is_file() && ck.join("optimizer.safetensors").is_file());
-    let resumed = tmp.path().join("single-resumed");
-    let mut c = cfg.clone();
-    c.output_dir = resumed.clone();
-    c.per_device_train_batch_size = 6;
-    c.resume_from_checkpoint = Some(ck.display().to_string());
-    launch(&c, 1, false);
+    let resumed = resume(
+        &cfg,
+        &ck,
+        tmp.path().join("single-resumed"),
+        1,
+        Some(6),
+        false,
+    );
     assert_close_losses(
         "FULL_STATE_DICT resumed in one process",
         &losses(&resumed),
@@ -165,12 +169,14 @@ fn hybrid_two_nodes() {
                 "shard-00001-of-00002.safetensors"
             ]
         );
-        let resumed = tmp.path().join("hybrid-resumed");
-        let mut c = cfg.clone();
-        c.output_dir = resumed.clone();
-        c.per_device_train_batch_size = 12;
-        c.resume_from_checkpoint = Some(ck.display().to_string());
-        launch(&c, 1, true);
+        let resumed = resume(
+            &cfg,
+            &ck,
+            tmp.path().join("hybrid-resumed"),
+            1,
+            Some(12),
+            true,
+        );
         let what = "HYBRID_SHARD checkpoint-2 → world 1";
         assert_close_losses(what, &losses(&resumed), &want[2..]);
         assert_close_weights(what, &resumed, &out);
@@ -190,12 +196,14 @@ fn lora_scratch_resume() {
     cfg.save_steps = 2;
     launch(&cfg, 2, false);
     let want = losses(&out);
-    let resumed = tmp.path().join("lora-resumed");
-    let mut c = cfg.clone();
-    c.output_dir = resumed.clone();
-    c.per_device_train_batch_size = 6;
-    c.resume_from_checkpoint = Some(out.join("checkpoint-2").display().to_string());
-    launch(&c, 1, false);
+    let resumed = resume(
+        &cfg,
+        &out.join("checkpoint-2"),
+        tmp.path().join("lora-resumed"),
+        1,
+        Some(6),
+        false,
+    );
     let what = "LoRA from scratch: checkpoint-2 → one process";
     assert_close_losses(what, &losses(&resumed), &want[2..]);
     assert_close_weights(what, &resumed, &out);

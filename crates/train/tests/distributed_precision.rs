@@ -11,7 +11,7 @@ mod dist_harness;
 use dist_harness::*;
 use ferrotune_core::train_config::{CheckpointType, FinetuningType, ShardingStrategy, TrainConfig};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 fn main() {
@@ -52,6 +52,14 @@ fn bf16_config(model: &Path, out: &Path) -> TrainConfig {
     let mut c = base_config(model, out, FinetuningType::Full);
     c.bf16 = true;
     c
+}
+
+/// The one-process bf16 reference run in `dir` with `batch` per device (the distributed runs' global batch).
+fn bf16_reference(model: &Path, dir: PathBuf, batch: usize) -> PathBuf {
+    let mut single = bf16_config(model, &dir);
+    single.per_device_train_batch_size = batch;
+    launch(&single, 1, false);
+    dir
 }
 
 fn assert_losses_rel(what: &str, a: &[f64], b: &[f64], rel: f64) {
@@ -199,10 +207,7 @@ fn assert_bf16_run(what: &str, out: &Path, ck: &Path, reference: &Path, ref_ck: 
 fn bf16_master_shards() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
-    let reference = tmp.path().join("single");
-    let mut single = bf16_config(&model, &reference);
-    single.per_device_train_batch_size = 6;
-    launch(&single, 1, false);
+    let reference = bf16_reference(&model, tmp.path().join("single"), 6);
     let want = losses(&reference);
     assert_eq!(want.len(), 3);
     let ref_ck = reference.join("checkpoint-3");
@@ -239,12 +244,14 @@ fn bf16_master_shards() {
             // The single-process recipe resumes the FULL_STATE_DICT checkpoint with its fp32 masters
             // (`master.<param>`; masters rebuilt from the bf16 weights are off by up to half a bf16 ulp:
             // measured, a quarter of the elements beyond BF16_MASTER_ABS).
-            let resumed = tmp.path().join("single-resumed");
-            let mut c = cfg.clone();
-            c.output_dir = resumed.clone();
-            c.per_device_train_batch_size = 6;
-            c.resume_from_checkpoint = Some(out.join("checkpoint-2").display().to_string());
-            launch(&c, 1, false);
+            let resumed = resume(
+                &cfg,
+                &out.join("checkpoint-2"),
+                tmp.path().join("single-resumed"),
+                1,
+                Some(6),
+                false,
+            );
             let what = "bf16 FULL_STATE_DICT world 2 → one process";
             assert_losses_rel(what, &losses(&resumed), &got[2..], BF16_LOSS_REL);
             let ck = resumed.join("checkpoint-3");
@@ -282,11 +289,7 @@ fn bf16_sharded_resume() {
     let end = full_run.join("checkpoint-4");
     // Same world size: the fp32 masters and moments come back exactly, so the run continues bit for bit
     // (masters rebuilt from the bf16 weights would be off by up to half a bf16 ulp).
-    let out = tmp.path().join("resumed-2");
-    let mut c = cfg.clone();
-    c.output_dir = out.clone();
-    c.resume_from_checkpoint = Some(ck.display().to_string());
-    launch(&c, 2, false);
+    let out = resume(&cfg, &ck, tmp.path().join("resumed-2"), 2, None, false);
     let what = "bf16 world 2 → checkpoint-2 → world 2";
     assert_close_losses(what, &losses(&out), &want[2..]);
     assert_close_weights(what, &out, &full_run);
@@ -297,12 +300,7 @@ fn bf16_sharded_resume() {
     }
     // World 1 (one process, the same global batch): re-sharded masters; its own steps round like the
     // single process, so within the bf16 tolerances.
-    let out = tmp.path().join("resumed-1");
-    let mut c = cfg.clone();
-    c.output_dir = out.clone();
-    c.per_device_train_batch_size = 6;
-    c.resume_from_checkpoint = Some(ck.display().to_string());
-    launch(&c, 1, true);
+    let out = resume(&cfg, &ck, tmp.path().join("resumed-1"), 1, Some(6), true);
     let what = "bf16 world 2 → checkpoint-2 → world 1";
     assert_losses_rel(what, &losses(&out), &want[2..], BF16_LOSS_REL);
     assert_bf16_run(what, &out, &out.join("checkpoint-4"), &full_run, &end);
@@ -313,10 +311,7 @@ fn bf16_sharded_resume() {
 fn bf16_hybrid() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
-    let reference = tmp.path().join("single");
-    let mut single = bf16_config(&model, &reference);
-    single.per_device_train_batch_size = 12;
-    launch(&single, 1, false);
+    let reference = bf16_reference(&model, tmp.path().join("single"), 12);
     let out = tmp.path().join("hybrid");
     let mut cfg = bf16_config(&model, &out);
     cfg.parallel.strategy = ShardingStrategy::HybridShard;
@@ -389,12 +384,14 @@ fn fp16_loss_scaling() {
     std::fs::write(&ts_path, ts.to_string()).unwrap();
     let mut runs: Vec<Vec<f64>> = Vec::new();
     for (world, bs) in [(2usize, 3usize), (1, 6)] {
-        let o = tmp.path().join(format!("overflow-{world}"));
-        let mut c = cfg.clone();
-        c.output_dir = o.clone();
-        c.per_device_train_batch_size = bs;
-        c.resume_from_checkpoint = Some(ck.display().to_string());
-        launch(&c, world, true);
+        let o = resume(
+            &cfg,
+            &ck,
+            tmp.path().join(format!("overflow-{world}")),
+            world,
+            Some(bs),
+            true,
+        );
         runs.push(losses(&o));
     }
     // Scales 2^22 and 2^21 overflow (skipped, halved), 2^20 does not: 2 of the 4 resumed steps update.

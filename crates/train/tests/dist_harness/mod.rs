@@ -167,6 +167,26 @@ pub fn launch(cfg: &TrainConfig, world: usize, force_env: bool) {
     launch_nodes(cfg, world, world, force_env)
 }
 
+/// Resumes `cfg` from checkpoint `ck` into `out` on `world` ranks, with `batch` per device when given
+/// (the same global batch on another world size); returns `out`.
+pub fn resume(
+    cfg: &TrainConfig,
+    ck: &Path,
+    out: PathBuf,
+    world: usize,
+    batch: Option<usize>,
+    force_env: bool,
+) -> PathBuf {
+    let mut c = cfg.clone();
+    c.output_dir = out.clone();
+    if let Some(b) = batch {
+        c.per_device_train_batch_size = b;
+    }
+    c.resume_from_checkpoint = Some(ck.display().to_string());
+    launch(&c, world, force_env);
+    out
+}
+
 /// [`launch`] with the ranks split into nodes of `per_node` (LOCAL_RANK = rank mod per_node).
 pub fn launch_nodes(cfg: &TrainConfig, world: usize, per_node: usize, force_env: bool) {
     let port = free_port();
